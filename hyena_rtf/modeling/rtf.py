@@ -1,0 +1,368 @@
+"""Rational transfer function (RTF) filters: state-free parallel mode and exact recurrent mode.
+
+Each of the ``d_model`` channels is a SISO filter
+
+    H(z) = h0 + (b_1 z^-1 + ... + b_N z^-N) / (1 + a_1 z^-1 + ... + a_N z^-N)
+
+with ``num_a`` denominators shared by consecutive groups of ``d_model // num_a`` channels.
+
+Parallel mode samples H at the ``l_max``-th roots of unity with one rFFT of the zero-padded
+coefficients, divides, and returns to the time domain with one irFFT: cost O(l_max log l_max) per
+channel whatever ``N`` is. Sampling on the unit circle gives the *time-aliased* response
+``sum_j h[t + j*l_max]``. The trained numerator ``b`` is therefore understood as the aliasing-
+corrected numerator ``b~ = C (I - A^l_max)`` of a system (A, e1, C, h0): then the kernel is
+exactly the first ``l_max`` taps of that system, except that tap 0 also receives ``h_l_max``.
+
+Recurrent mode runs the system in companion (direct form II) form with an N-dimensional state per
+channel. Its numerator and feed-through are recovered *without* matrix powers: the kernel taps
+``k_0..k_N`` are exact, and ``N(z) = A(z) K(z) mod z^(N+1)`` gives the full numerator of the
+system whose first ``l_max`` taps are ``k`` (so tap 0, including the alias, matches too). This is
+the correction the original implementation gets wrong twice (it solves the transposed system and
+ignores the alias on tap 0).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fftconv import fft_conv, polymul
+
+__all__ = ["RTF", "inverse_impulse_response"]
+
+_INITS = ("zeros", "xavier", "montel")
+_CONSTRAINTS = ("l1_montel", "none")
+
+
+def inverse_impulse_response(den: Tensor, n: int) -> Tensor:
+    """First ``n`` taps of the impulse response of ``1 / den(z^-1)`` for monic ``den`` (R, N+1).
+
+    Run as the plain recursion g_t = -sum_k a_k g_{t-k} (what scipy.signal.lfilter does): it is
+    forward-stable for stable filters, unlike matrix powers or Newton series inversion, both of
+    which lose every digit for high orders with poles near the unit circle. The loop runs over
+    parameter-derived taps once per parameter change (results are cached), never over inputs.
+    """
+    R, N = den.shape[0], den.shape[1] - 1
+    a_rev = den[:, 1:].flip(-1)  # (R, N): a_N, ..., a_1
+    g = torch.zeros(R, N + n, dtype=den.dtype, device=den.device)  # N zeros of history first
+    g[:, N] = 1.0
+    for s in range(N + 1, N + n):
+        g[:, s] = -(a_rev * g[:, s - N : s]).sum(-1)
+    return g[:, N:]
+
+
+class RTF(nn.Module):
+    """Bank of ``d_model`` rational-transfer-function filters (see the module docstring).
+
+    Args:
+        d_model: number of channels (independent SISO filters).
+        state_size: filter order N (numerator and denominator degree); must be < ``l_max``.
+        l_max: kernel length of parallel mode, i.e. the longest input ``forward`` accepts.
+        num_a: number of distinct denominators; must divide ``d_model`` (default: one per channel).
+        init: ``"zeros"`` (H(z) = 1, the identity), ``"xavier"`` (a, b ~ U(+-1/sqrt(N)), h0 ~ N(0,1))
+            or ``"montel"`` (a, b ~ U(+-1/N), h0 ~ N(0,1)).
+        constraint: ``"l1_montel"`` rescales ``a`` so that sum|a| < 1, which keeps every pole strictly
+            inside the unit circle and bounds the spectral division; ``"none"`` leaves ``a`` free.
+        bidirectional: add an anti-causal filter bank (non-causal tasks; no recurrent mode).
+        dropout: dropout on the kernel taps during training.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        state_size: int,
+        l_max: int,
+        num_a: Optional[int] = None,
+        init: str = "xavier",
+        constraint: Optional[str] = "l1_montel",
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        constraint = "none" if constraint is None else constraint
+        num_a = d_model if num_a is None else num_a
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model}")
+        if state_size < 1:
+            raise ValueError(f"state_size must be >= 1, got {state_size}")
+        if l_max <= state_size:
+            raise ValueError(
+                f"state_size ({state_size}) must be smaller than l_max ({l_max}): "
+                "the kernel spectrum is sampled at l_max points"
+            )
+        if num_a < 1 or d_model % num_a != 0:
+            raise ValueError(f"num_a ({num_a}) must divide d_model ({d_model})")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if constraint not in _CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {_CONSTRAINTS} or None, got {constraint!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.d_model, self.state_size, self.l_max, self.num_a = d_model, state_size, l_max, num_a
+        self.init, self.constraint, self.bidirectional = init, constraint, bidirectional
+        ndir = 2 if bidirectional else 1
+        factory = {"device": device, "dtype": dtype}
+        # Rows [causal | anti-causal] when bidirectional.
+        self.a_raw = nn.Parameter(torch.empty(ndir * num_a, state_size, **factory))
+        self.b = nn.Parameter(torch.empty(ndir * d_model, state_size, **factory))
+        self.h0 = nn.Parameter(torch.empty(ndir * d_model, **factory))
+        if constraint == "l1_montel":
+            self.montel_scale = nn.Parameter(torch.empty(ndir * num_a, **factory))
+        else:
+            self.register_parameter("montel_scale", None)
+        self.dropout = nn.Dropout(dropout)
+        self._rec_cache: dict = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw parameters according to ``init`` (in place)."""
+        with torch.no_grad():
+            if self.init == "zeros":
+                self.a_raw.zero_()
+                self.b.zero_()
+                self.h0.fill_(1.0)
+            else:
+                bound = 1.0 / math.sqrt(self.state_size) if self.init == "xavier" else 1.0 / self.state_size
+                self.a_raw.uniform_(-bound, bound)
+                self.b.uniform_(-bound, bound)
+                self.h0.normal_()
+            if self.montel_scale is not None:
+                self.montel_scale.uniform_(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, state_size={self.state_size}, l_max={self.l_max}, "
+            f"num_a={self.num_a}, init={self.init!r}, constraint={self.constraint!r}, "
+            f"bidirectional={self.bidirectional}"
+        )
+
+    # ------------------------------------------------------------------ parameters -> filters
+    def denominator(self) -> Tensor:
+        """Constrained denominator coefficients a_1..a_N, shape (ndir * num_a, N)."""
+        a = self.a_raw
+        if self.constraint == "l1_montel":
+            scale = a.abs().sum(-1, keepdim=True) + self.montel_scale.abs().unsqueeze(-1) + 1e-6
+            a = a / scale  # (ndir*num_a, N), sum|a| < 1
+        return a
+
+    def _kernel_all(self, L: int, dtype: torch.dtype) -> Tensor:
+        """Kernels of every direction, (ndir * d_model, L), computed state-free in ``dtype``."""
+        n = self.l_max
+        group = self.d_model // self.num_a
+        with torch.autocast(device_type=self.b.device.type, enabled=False):
+            a = self.denominator().to(dtype)  # (R, N) with R = ndir*num_a
+            ones = torch.ones(a.shape[0], 1, dtype=dtype, device=a.device)
+            den_f = torch.fft.rfft(torch.cat([ones, a], -1), n=n)  # (R, n//2+1)
+            num = F.pad(self.b.to(dtype), (1, 0))  # (ndir*D, N+1), strictly proper
+            num_f = torch.fft.rfft(num, n=n).view(a.shape[0], group, -1)  # (R, group, n//2+1)
+            spec = (num_f / den_f.unsqueeze(1)).reshape(num.shape[0], -1)  # (ndir*D, n//2+1)
+            k = torch.fft.irfft(spec, n=n)[:, :L]  # (ndir*D, L)
+            # h0 is a flat spectrum, i.e. a delta at tap 0: add it in time, not to every bin.
+            k = torch.cat([k[:, :1] + self.h0.to(dtype).unsqueeze(-1), k[:, 1:]], -1)
+        return k
+
+    def kernel(self, L: Optional[int] = None) -> Tensor:
+        """Time-domain kernel (d_model, L) (causal taps; tap 0 includes the feed-through).
+
+        When bidirectional, returns (2 * d_model, L): causal rows then anti-causal rows.
+        Cost O(d_model * l_max log l_max), independent of ``state_size``.
+        """
+        L = self.l_max if L is None else L
+        if not 1 <= L <= self.l_max:
+            raise ValueError(f"kernel length L must be in [1, l_max={self.l_max}], got {L}")
+        dtype = torch.promote_types(self.b.dtype, torch.float32)
+        return self.dropout(self._kernel_all(L, dtype))
+
+    # ------------------------------------------------------------------ parallel mode
+    def _check_input(self, u: Tensor, max_len: Optional[int]) -> None:
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must have shape (B, L, d_model={self.d_model}), got {tuple(u.shape)}")
+        if max_len is not None and u.shape[1] > max_len:
+            raise ValueError(
+                f"input length {u.shape[1]} exceeds l_max={max_len} in parallel mode; "
+                "use prefill() for longer inputs or build the filter with a larger l_max"
+            )
+
+    def forward(self, u: Tensor) -> Tensor:
+        """Parallel (FFT) filtering: u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
+        self._check_input(u, self.l_max)
+        L = u.shape[1]
+        k = self.kernel(L)  # (ndir*D, L)
+        y = fft_conv(u, k[: self.d_model])
+        if self.bidirectional:
+            # The anti-causal half is the causal filter run on the time-reversed sequence.
+            y = y + fft_conv(u.flip(1), k[self.d_model :]).flip(1)
+        return y
+
+    # ------------------------------------------------------------------ recurrent mode
+    def _recurrence(self, dtype: torch.dtype) -> dict:
+        """Companion-form system (a, c, d, g) whose first l_max taps equal ``kernel()``, cached.
+
+        a (D, N): denominators per channel; c (D, N): numerator of the strictly proper part;
+        d (D,): feed-through; g (D, l_max): impulse response of 1/A(z) (for prefill states).
+        Derived in fp64 from the exact kernel taps, then cast to ``dtype``.
+        """
+        if self.bidirectional:
+            raise ValueError("a bidirectional RTF has no recurrent mode: its anti-causal half needs future inputs")
+        params = [p for p in (self.a_raw, self.b, self.h0, self.montel_scale) if p is not None]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._rec_cache.get("key") != key:
+            with torch.no_grad():
+                k = self._kernel_all(self.l_max, torch.float64)  # (D, l_max), no dropout
+                a = self.denominator().detach().double()  # (num_a, N)
+                den = F.pad(a, (1, 0), value=1.0)  # (num_a, N+1), monic
+                group = self.d_model // self.num_a
+                den_ch = den.repeat_interleave(group, 0)  # (D, N+1)
+                N = self.state_size
+                num = polymul(den_ch, k[:, : N + 1], N + 1)  # (D, N+1): A(z) K(z) mod z^(N+1)
+                d = k[:, 0]
+                c = num[:, 1:] - d.unsqueeze(-1) * den_ch[:, 1:]  # (D, N)
+                g = inverse_impulse_response(den, self.l_max).repeat_interleave(group, 0)  # (D, l_max)
+            self._rec_cache = {"key": key, torch.float64: {"a": den_ch[:, 1:], "c": c, "d": d, "g": g}}
+        if dtype not in self._rec_cache:
+            self._rec_cache[dtype] = {n: t.to(dtype) for n, t in self._rec_cache[torch.float64].items()}
+        return self._rec_cache[dtype]
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
+        """Zero state, shape (batch_size, d_model, state_size): the last N values of w = u / A(z)."""
+        device = self.b.device if device is None else device
+        dtype = torch.promote_types(self.b.dtype, torch.float32) if dtype is None else dtype
+        return torch.zeros(batch_size, self.d_model, self.state_size, device=device, dtype=dtype)
+
+    def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One recurrent step: u_t (B, d_model), state (B, d_model, N) -> (y_t, new state).
+
+        Two length-N dot products and a shift per channel: O(N), independent of the position.
+        """
+        if u_t.dim() != 2 or u_t.shape[-1] != self.d_model:
+            raise ValueError(f"u_t must have shape (B, d_model={self.d_model}), got {tuple(u_t.shape)}")
+        if state.shape != (u_t.shape[0], self.d_model, self.state_size):
+            raise ValueError(
+                f"state must have shape (B, d_model, state_size)="
+                f"{(u_t.shape[0], self.d_model, self.state_size)}, got {tuple(state.shape)}"
+            )
+        rec = self._recurrence(state.dtype)
+        u = u_t.to(state.dtype)
+        y = (state * rec["c"]).sum(-1) + rec["d"] * u  # (B, D)
+        w = u - (state * rec["a"]).sum(-1)  # (B, D)
+        new_state = torch.cat([w.unsqueeze(-1), state[..., :-1]], -1)  # (B, D, N)
+        return y.to(u_t.dtype), new_state
+
+    def prefill(self, u: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Filter a whole prompt and return the state after its last position.
+
+        u (B, T, d_model), any T (chunks of l_max); ``state`` continues from an earlier call.
+        Equivalent to ``step`` over every position, but each chunk costs two FFT convolutions.
+        """
+        self._check_input(u, None)
+        B, T, _ = u.shape
+        if state is None:
+            state = self.initial_state(B, device=u.device)
+        ys = []
+        for start in range(0, T, self.l_max):
+            y, state = self._prefill_chunk(u[:, start : start + self.l_max], state)
+            ys.append(y)
+        return torch.cat(ys, 1) if len(ys) > 1 else ys[0], state
+
+    def _prefill_chunk(self, u: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        B, T, D = u.shape
+        N = self.state_size
+        rec = self._recurrence(state.dtype)
+        x = state  # (B, D, N); x[..., j] = w_{-1-j}
+        uu = u.to(state.dtype)
+        # The history acts on the future only through w_{-1..-N}. It is equivalent to an extra
+        # input e_t = -sum_{k>t} a_k w_{t-k} (t < N), plus a direct output term
+        # f_t = sum_{k>t} c_k w_{t-k}. Both are correlations of x with a and c: one short FFT each.
+        x_rev = x.flip(-1)  # (B, D, N)
+        e = -polymul(rec["a"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
+        f = polymul(rec["c"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
+        m = min(N, T)
+        e_t = F.pad(e[..., :m].transpose(1, 2), (0, 0, 0, T - m))  # (B, T, D)
+        f_t = F.pad(f[..., :m].transpose(1, 2), (0, 0, 0, T - m))  # (B, T, D)
+        drive = uu + e_t
+        k = self.kernel(T).to(state.dtype)  # (D, T), the same taps forward() uses
+        y = fft_conv(drive, k) - rec["d"] * e_t + f_t  # (B, T, D)
+        w = fft_conv(drive, rec["g"][:, :T])  # (B, T, D): w = (u + e) / A(z)
+        w_last = w[:, T - m :].flip(1).transpose(1, 2)  # (B, D, m): w_{T-1}, ..., w_{T-m}
+        new_state = torch.cat([w_last, x[..., : N - m]], -1)  # (B, D, N)
+        return y.to(u.dtype), new_state
+
+    # ------------------------------------------------------------------ transfer functions
+    def to_transfer_function(self) -> tuple[Tensor, Tensor]:
+        """(num, den), each (d_model, N+1) fp64, of the system that recurrent mode runs.
+
+        ``scipy.signal.lfilter(num[i], den[i], x)`` reproduces channel i of ``step`` exactly and
+        channel i of ``forward`` for the first l_max outputs.
+        """
+        rec = self._recurrence(torch.float64)
+        den = F.pad(rec["a"], (1, 0), value=1.0)  # (D, N+1)
+        num = torch.cat([rec["d"].unsqueeze(-1), rec["c"]], -1) + rec["d"].unsqueeze(-1) * F.pad(rec["a"], (1, 0))
+        return num.clone(), den.clone()
+
+    @classmethod
+    def from_transfer_function(cls, num, den, l_max: int, **kwargs) -> "RTF":
+        """Build an RTF from full transfer functions in the ``scipy.signal.lfilter(b=num, a=den)`` form.
+
+        ``num`` is (d_model, n+1); ``den`` is (d_model, m+1) or (num_a, m+1) with num_a dividing
+        d_model (shared denominators). Polynomials are in z^-1; ``den[:, 0]`` must be non-zero.
+        The result's kernel is the first l_max taps of the impulse response and its recurrent mode
+        is the given system for any length. Uses init="zeros", constraint="none" unless overridden
+        (the constraint cannot represent arbitrary stable denominators). Parameters are fp64 unless
+        ``dtype`` is given; convert with ``.float()`` for training.
+        """
+        num = torch.as_tensor(num, dtype=torch.float64)
+        den = torch.as_tensor(den, dtype=torch.float64)
+        num = num.unsqueeze(0) if num.dim() == 1 else num
+        den = den.unsqueeze(0) if den.dim() == 1 else den
+        if num.dim() != 2 or den.dim() != 2:
+            raise ValueError("num and den must be 1-D or 2-D (channels, coefficients)")
+        d_model, num_a = num.shape[0], den.shape[0]
+        if d_model % num_a != 0:
+            raise ValueError(f"den has {num_a} rows, which must divide the {d_model} rows of num")
+        if torch.any(den[:, 0] == 0):
+            raise ValueError("den[:, 0] must be non-zero")
+        N = max(num.shape[1], den.shape[1], 2) - 1
+        num = F.pad(num, (0, N + 1 - num.shape[1]))
+        den = F.pad(den, (0, N + 1 - den.shape[1]))
+        group = d_model // num_a
+        lead = den[:, :1]
+        den = den / lead  # monic
+        num = num / lead.repeat_interleave(group, 0)
+        den_ch = den.repeat_interleave(group, 0)  # (D, N+1)
+        h0 = num[:, 0]
+        c = num[:, 1:] - h0.unsqueeze(-1) * den_ch[:, 1:]  # (D, N): strictly proper numerator
+        # True impulse response h_0..h_l_max of the strictly proper part (h_0 = 0).
+        g = inverse_impulse_response(den, l_max + 1).repeat_interleave(group, 0)  # (D, l_max+1)
+        h = polymul(F.pad(c, (1, 0)), g, l_max + 1)  # (D, l_max+1)
+        # The aliased response the FFT sees is p = [h_L, h_1, ..., h_{L-1}]; the trained numerator
+        # is B~ = A * p (circular, length L), which has support 1..N only.
+        p = torch.cat([h[:, l_max:], h[:, 1:l_max]], -1)  # (D, L)
+        b_tilde = torch.fft.irfft(torch.fft.rfft(den_ch, n=l_max) * torch.fft.rfft(p), n=l_max)[:, 1 : N + 1]
+        # fp64 by default: the coefficients of sharp designs do not survive a round to fp32.
+        kwargs = {"init": "zeros", "constraint": "none", "dtype": torch.float64, **kwargs}
+        rtf = cls(d_model, N, l_max, num_a=num_a, **kwargs)
+        if rtf.constraint != "none":
+            raise ValueError("from_transfer_function needs constraint='none' to represent arbitrary denominators")
+        with torch.no_grad():
+            den, b_tilde, h0, h = (t.to(rtf.b.dtype) for t in (den, b_tilde, h0, h))
+            rtf.a_raw.copy_(den[:, 1:])
+            rtf.b.copy_(b_tilde)
+            rtf.h0.copy_(h0 - h[:, l_max])  # tap 0 receives the alias h_L; compensate
+        return rtf
+
+    def poles(self) -> Tensor:
+        """Complex poles (ndir * num_a, N) of each denominator: roots of z^N + a_1 z^(N-1) + ... + a_N."""
+        with torch.no_grad():
+            a = self.denominator().double()  # (R, N)
+            R, N = a.shape
+            comp = torch.zeros(R, N, N, dtype=torch.float64, device=a.device)
+            comp[:, 0, :] = -a
+            if N > 1:
+                comp[:, 1:, :-1] = torch.eye(N - 1, dtype=torch.float64, device=a.device)
+            return torch.linalg.eigvals(comp)

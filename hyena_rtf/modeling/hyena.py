@@ -1,0 +1,194 @@
+"""Hyena operator: projections, short causal convolution, and a gated chain of long convolutions.
+
+For order O the input is projected to O+1 streams ``x_0, ..., x_{O-1}, v`` (each d_model wide),
+each smoothed by a causal depthwise convolution of width ``short_filter_order``; then
+
+    v <- long_conv_i(dropout(v * x_{O-1-i}))   for i = 0 .. O-2
+    y  = out(v * x_0)
+
+Long convolutions are RTF filters (parallel FFT mode for training, companion-form recurrence for
+decoding) or Hyena's implicit filters (parallel only). The feed-through of each long convolution
+is tap 0 of its kernel; it is added once (the reference code added the RTF feed-through twice).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .implicit_filter import ImplicitFilter
+from .rtf import RTF
+
+__all__ = ["HyenaOperator", "HyenaState"]
+
+_FILTERS = ("rtf", "implicit")
+
+
+class HyenaState(NamedTuple):
+    """Recurrent state of one Hyena operator.
+
+    short: (B, (order+1)*d_model, short_filter_order-1), the last raw ``in_proj`` outputs.
+    long: one (B, d_model, state_size) companion state per long convolution.
+    """
+
+    short: Tensor
+    long: tuple[Tensor, ...]
+
+
+class HyenaOperator(nn.Module):
+    """Hyena mixer with RTF (default) or implicit long filters.
+
+    Args:
+        d_model: model width.
+        l_max: longest sequence of parallel mode (the long-filter kernel length).
+        order: number of gates (>= 2); order - 1 long convolutions.
+        filter: ``"rtf"`` or ``"implicit"``.
+        filter_kwargs: extra arguments of the filter class (RTF: state_size, num_a, init,
+            constraint, dropout; implicit: emb_dim, filter_order, ...).
+        short_filter_order: width of the causal depthwise convolution.
+        dropout: dropout on the gated input of each long convolution.
+        output_rank: None for a ``Linear(d, d)`` output projection; an int r for the paper's
+            head RMSNorm -> Linear(d, r) -> GELU -> Linear(r, d).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        l_max: int,
+        order: int = 2,
+        filter: str = "rtf",
+        filter_kwargs: Optional[dict] = None,
+        short_filter_order: int = 3,
+        dropout: float = 0.0,
+        output_rank: Optional[int] = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if order < 2:
+            raise ValueError(f"order must be >= 2 (one long convolution at least), got {order}")
+        if filter not in _FILTERS:
+            raise ValueError(f"filter must be one of {_FILTERS}, got {filter!r}")
+        if short_filter_order < 1:
+            raise ValueError(f"short_filter_order must be >= 1, got {short_filter_order}")
+        if output_rank is not None and output_rank < 1:
+            raise ValueError(f"output_rank must be None or >= 1, got {output_rank}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.l_max, self.order, self.filter = d_model, l_max, order, filter
+        self.short_filter_order = short_filter_order
+        channels = (order + 1) * d_model
+        self.in_proj = nn.Linear(d_model, channels, **factory)
+        # Padding is applied by hand (left only) so that prefill can prepend a saved window.
+        self.short_filter = nn.Conv1d(channels, channels, short_filter_order, groups=channels, **factory)
+        kwargs = dict(filter_kwargs or {})
+        if filter == "rtf":
+            kwargs.setdefault("state_size", min(64, l_max - 1))
+            make = lambda: RTF(d_model, l_max=l_max, device=device, dtype=dtype, **kwargs)  # noqa: E731
+        else:
+            make = lambda: ImplicitFilter(d_model, l_max, device=device, dtype=dtype, **kwargs)  # noqa: E731
+        self.filters = nn.ModuleList([make() for _ in range(order - 1)])
+        self.dropout = nn.Dropout(dropout)
+        if output_rank is None:
+            self.out_norm = self.mimo_proj = None
+            self.out_proj = nn.Linear(d_model, d_model, **factory)
+        else:
+            self.out_norm = nn.RMSNorm(d_model, **factory)
+            self.mimo_proj = nn.Linear(d_model, output_rank, **factory)
+            self.out_proj = nn.Linear(output_rank, d_model, **factory)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _output(self, y: Tensor) -> Tensor:
+        if self.mimo_proj is not None:
+            y = F.gelu(self.mimo_proj(self.out_norm(y)))
+        return self.out_proj(y)
+
+    def _gates(self, zc: Tensor, long_conv) -> Tensor:
+        """zc (..., (order+1)*d_model) -> gated chain output (..., d_model)."""
+        *xs, v = zc.chunk(self.order + 1, dim=-1)
+        for i, x in enumerate(reversed(xs[1:])):
+            v = long_conv(i, self.dropout(v * x))
+        return v * xs[0]
+
+    def _check(self, u: Tensor, dims: int, name: str) -> None:
+        if u.dim() != dims or u.shape[-1] != self.d_model:
+            shape = "(B, L, d_model)" if dims == 3 else "(B, d_model)"
+            raise ValueError(f"{name} must have shape {shape} with d_model={self.d_model}, got {tuple(u.shape)}")
+
+    def _check_recurrent(self) -> None:
+        if self.filter != "rtf":
+            raise NotImplementedError(
+                f"filter={self.filter!r} has no recurrent mode; use filter='rtf' for prefill/step decoding"
+            )
+
+    # ------------------------------------------------------------------ parallel mode
+    def forward(self, u: Tensor) -> Tensor:
+        """u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
+        self._check(u, 3, "u")
+        if u.shape[1] > self.l_max:
+            raise ValueError(
+                f"input length {u.shape[1]} exceeds l_max={self.l_max} in parallel mode; "
+                "use prefill()/step() (RTF filters) for longer sequences"
+            )
+        z = self.in_proj(u).transpose(1, 2)  # (B, C, L)
+        zc = self.short_filter(F.pad(z, (self.short_filter_order - 1, 0)))  # (B, C, L), causal
+        y = self._gates(zc.transpose(1, 2), lambda i, s: self.filters[i](s))  # (B, L, D)
+        return self._output(y)
+
+    # ------------------------------------------------------------------ recurrent mode
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> HyenaState:
+        """Zero state for ``batch_size`` sequences."""
+        self._check_recurrent()
+        w = self.in_proj.weight
+        device = w.device if device is None else device
+        short = torch.zeros(
+            batch_size, w.shape[0], self.short_filter_order - 1, device=device, dtype=dtype or w.dtype
+        )
+        return HyenaState(short, tuple(f.initial_state(batch_size, device=device) for f in self.filters))
+
+    def prefill(self, u: Tensor, state: Optional[HyenaState] = None) -> tuple[Tensor, HyenaState]:
+        """Process a prompt u (B, T, d_model) of any length; return outputs and the final state.
+
+        Equivalent to ``step`` over every position (and to ``forward`` when T <= l_max), but runs
+        the long convolutions in parallel (chunks of l_max), never token by token.
+        """
+        self._check_recurrent()
+        self._check(u, 3, "u")
+        if state is None:
+            state = self.initial_state(u.shape[0], device=u.device)
+        z = self.in_proj(u).transpose(1, 2)  # (B, C, T)
+        window = torch.cat([state.short.to(z.dtype), z], -1)  # (B, C, K-1+T)
+        zc = self.short_filter(window)  # (B, C, T)
+        new_short = window[..., window.shape[-1] - (self.short_filter_order - 1) :]  # (B, C, K-1)
+        new_long = []
+
+        def long_conv(i, s):
+            y, st = self.filters[i].prefill(s, state.long[i])
+            new_long.append(st)
+            return y
+
+        y = self._gates(zc.transpose(1, 2), long_conv)  # (B, T, D)
+        return self._output(y), HyenaState(new_short, tuple(new_long))
+
+    def step(self, u_t: Tensor, state: HyenaState) -> tuple[Tensor, HyenaState]:
+        """One token: u_t (B, d_model) -> (B, d_model) and the next state. Cost independent of position."""
+        self._check_recurrent()
+        self._check(u_t, 2, "u_t")
+        z = self.in_proj(u_t)  # (B, C)
+        window = torch.cat([state.short.to(z.dtype), z.unsqueeze(-1)], -1)  # (B, C, K)
+        zc = (window * self.short_filter.weight.squeeze(1)).sum(-1)  # (B, C)
+        if self.short_filter.bias is not None:
+            zc = zc + self.short_filter.bias
+        new_long = []
+
+        def long_conv(i, s):
+            y, st = self.filters[i].step(s, state.long[i])
+            new_long.append(st)
+            return y
+
+        y = self._gates(zc, long_conv)  # (B, D)
+        return self._output(y), HyenaState(window[..., 1:], tuple(new_long))

@@ -1,0 +1,122 @@
+"""Hyena's implicit long filter (the baseline): an MLP over positions with exponential decay.
+
+The kernel is ``h(t) = MLP(pos(t)) * (exp(-|delta| t) + shift)`` with sine activations, where
+``pos`` is a small sinusoidal positional encoding of normalised time. The per-channel skip term
+("bias" in the original code) is folded into tap 0 of the kernel, so the filter has exactly the
+same interface as :class:`~.rtf.RTF`. It has no finite-dimensional state: recurrent decoding with
+it must recompute (or cache the whole input history).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .fftconv import fft_conv
+
+__all__ = ["ImplicitFilter"]
+
+
+class _Sin(nn.Module):
+    """sin(freq * x) with a learnable per-feature frequency."""
+
+    def __init__(self, width: int, w: float):
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """Implicit (MLP-parametrised) long-convolution filter bank of ``d_model`` channels.
+
+    Args:
+        d_model: number of channels.
+        l_max: longest kernel (and input) length.
+        emb_dim: size of the positional encoding (odd, >= 3): time plus (emb_dim-1)/2 sin/cos bands.
+        filter_order: width of the MLP.
+        num_inner_mlps: hidden layers of the MLP after the first.
+        w: initial frequency of the sine activations.
+        fast_decay_pct, slow_decay_pct, target: the exponential window decays to ``target`` at
+            ``fast_decay_pct * l_max`` for the fastest channel and ``slow_decay_pct * l_max`` for the slowest.
+        shift: constant added to the decay window.
+        normalized: divide each kernel by its L1 norm.
+        dropout: dropout on the kernel taps during training.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        l_max: int,
+        emb_dim: int = 3,
+        filter_order: int = 64,
+        num_inner_mlps: int = 2,
+        w: float = 1.0,
+        fast_decay_pct: float = 0.3,
+        slow_decay_pct: float = 1.5,
+        target: float = 1e-2,
+        shift: float = 0.0,
+        normalized: bool = False,
+        dropout: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(f"emb_dim must be odd and >= 3, got {emb_dim}")
+        if l_max < 1 or d_model < 1 or filter_order < 1:
+            raise ValueError("d_model, l_max and filter_order must be >= 1")
+        self.d_model, self.l_max, self.normalized, self.shift = d_model, l_max, normalized, shift
+        factory = {"device": device, "dtype": dtype}
+        # Positional encoding: normalised time plus complex exponentials of a few frequencies.
+        t = torch.linspace(0, 1, l_max, **factory).unsqueeze(-1)  # (l_max, 1)
+        bands = (emb_dim - 1) // 2
+        freqs = torch.linspace(1e-4, bands - 1, bands, **factory).unsqueeze(0)  # (1, bands)
+        angle = 2 * math.pi * torch.arange(l_max, **factory).unsqueeze(-1) / l_max  # (l_max, 1)
+        z = torch.cat([t, torch.cos(freqs * angle), -torch.sin(freqs * angle)], -1)  # (l_max, emb_dim)
+        self.pos_emb = nn.Parameter(z)
+        self.register_buffer("t", t, persistent=False)
+        layers = [nn.Linear(emb_dim, filter_order, **factory), _Sin(filter_order, w)]
+        for _ in range(num_inner_mlps):
+            layers += [nn.Linear(filter_order, filter_order, **factory), _Sin(filter_order, w)]
+        layers.append(nn.Linear(filter_order, d_model, bias=False, **factory))
+        self.mlp = nn.Sequential(*layers)
+        deltas = torch.linspace(
+            math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct, d_model, **factory
+        )
+        self.register_buffer("deltas", deltas.abs(), persistent=False)
+        self.bias = nn.Parameter(torch.randn(d_model, **factory))  # skip term, lives on tap 0
+        self.dropout = nn.Dropout(dropout)
+
+    def kernel(self, L: Optional[int] = None) -> Tensor:
+        """Time-domain kernel (d_model, L), tap 0 including the skip term."""
+        L = self.l_max if L is None else L
+        if not 1 <= L <= self.l_max:
+            raise ValueError(f"kernel length L must be in [1, l_max={self.l_max}], got {L}")
+        h = self.mlp(self.pos_emb[:L])  # (L, D)
+        h = h * (torch.exp(-self.t[:L] * self.deltas) + self.shift)  # (L, D)
+        if self.normalized:
+            h = h / h.abs().sum(0, keepdim=True).clamp_min(1e-8)
+        k = h.t()  # (D, L)
+        k = torch.cat([k[:, :1] + self.bias.unsqueeze(-1), k[:, 1:]], -1)
+        return self.dropout(k.float() if k.dtype in (torch.float16, torch.bfloat16) else k)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """Parallel filtering: u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must have shape (B, L, d_model={self.d_model}), got {tuple(u.shape)}")
+        if u.shape[1] > self.l_max:
+            raise ValueError(f"input length {u.shape[1]} exceeds l_max={self.l_max}")
+        return fft_conv(u, self.kernel(u.shape[1]))
+
+    def _no_state(self, *args, **kwargs):
+        raise NotImplementedError(
+            "the implicit Hyena filter has no finite-dimensional state, so it has no recurrent mode; "
+            "use filter='rtf' for recurrent decoding, or recompute the parallel forward per token"
+        )
+
+    initial_state = prefill = step = _no_state

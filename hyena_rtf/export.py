@@ -1,0 +1,58 @@
+"""Export a model (and its tokenizer) as a self-contained Hugging Face directory.
+
+The directory holds ``config.json`` (with an ``auto_map``), ``model.safetensors``,
+``generation_config.json``, the tokenizer files and a copy of the modeling code
+(``modeling_hyena_rtf.py`` and every sibling module it imports, flattened next to it). So
+
+    AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
+    lm_eval --model hf --model_args pretrained=out_dir,trust_remote_code=True ...
+
+work on a machine where ``hyena_rtf`` is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
+from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM, register_auto_classes
+
+__all__ = ["export_hf"]
+
+
+def export_hf(
+    model: HyenaRTFForCausalLM,
+    tokenizer=None,
+    out_dir: Union[str, Path] = "hf_export",
+    overwrite: bool = False,
+    max_shard_size: Optional[str] = None,
+) -> Path:
+    """Write ``model`` (+ ``tokenizer``, + code) to ``out_dir`` and return its path.
+
+    Refuses to write into an existing non-empty directory unless ``overwrite=True``; even then it
+    only replaces a directory that looks like an earlier export (has a ``config.json``), so a
+    mistyped path cannot wipe unrelated files.
+    """
+    if not isinstance(model, HyenaRTFForCausalLM):
+        raise ValueError(f"model must be a HyenaRTFForCausalLM, got {type(model).__name__}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"out_dir {out} is not empty; pass overwrite=True to replace it")
+        if not (out / "config.json").is_file():
+            raise FileExistsError(f"out_dir {out} is not empty and holds no config.json; refusing to delete it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    register_auto_classes()
+    # These write auto_map into config.json and make save_pretrained copy the code files.
+    type(model.config).register_for_auto_class()
+    type(model).register_for_auto_class("AutoModelForCausalLM")
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(out, **kwargs)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

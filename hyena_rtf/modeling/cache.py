@@ -1,0 +1,133 @@
+"""Decoding caches of the Hyena mixers (the attention mixer uses transformers' DynamicCache).
+
+:class:`HyenaCache` holds the recurrent state of every Hyena-RTF layer: a fixed-size object
+(short-filter window plus RTF companion states) whose size does not grow with the number of
+tokens. :class:`RecomputeCache` serves the implicit-filter baseline, which has no finite state:
+it keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
+parallel forward over (at most) the last ``window`` positions.
+
+Both implement the few methods ``transformers.GenerationMixin`` calls on a cache object
+(``get_seq_length``, ``reorder_cache`` for beam search, ``batch_repeat_interleave`` and
+``batch_select_indices``) without depending on transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .hyena import HyenaState
+
+__all__ = ["HyenaCache", "RecomputeCache"]
+
+
+def _map_state(state: HyenaState, fn: Callable[[Tensor], Tensor]) -> HyenaState:
+    return HyenaState(fn(state.short), tuple(fn(s) for s in state.long))
+
+
+class HyenaCache:
+    """Recurrent state of a Hyena-RTF stack: one :class:`~.hyena.HyenaState` per layer.
+
+    ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
+    (padding included), which is what ``generate`` asks for through ``get_seq_length``.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, num_layers: int):
+        self.states: list[Optional[HyenaState]] = [None] * num_layers
+        self.seen_tokens = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.states[0] is None
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.states = [None if s is None else _map_state(s, fn) for s in self.states]
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Keep batch rows ``beam_idx`` (in that order): what beam search needs."""
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def set_rows(self, rows: Tensor, part: list[HyenaState], batch_size: int) -> None:
+        """Write the states of a sub-batch ``part`` (one per layer) into batch rows ``rows``."""
+        for i, p in enumerate(part):
+            if self.states[i] is None:
+                self.states[i] = _map_state(p, lambda t: t.new_zeros((batch_size, *t.shape[1:])))
+            full = self.states[i]
+            full.short[rows] = p.short
+            for dst, src in zip(full.long, p.long):
+                dst[rows] = src
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the state tensors (independent of the number of tokens seen)."""
+        total = 0
+        for s in self.states:
+            if s is not None:
+                total += sum(t.numel() * t.element_size() for t in (s.short, *s.long))
+        return total
+
+
+class RecomputeCache:
+    """Input history of the implicit-filter baseline: the last ``window - 1`` embeddings.
+
+    ``embeds`` (B, t, D) and ``real`` (B, t) (False on padding) with t < window. Decoding a token
+    re-runs the whole parallel model over the history plus the new token, so each step costs a
+    forward of up to ``window`` positions: the slow baseline that recurrent RTF decoding replaces.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, window: int):
+        self.window = window
+        self.embeds: Optional[Tensor] = None
+        self.real: Optional[Tensor] = None
+        self.seen_tokens = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.embeds is None
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def append(self, embeds: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """Return history + new inputs (B, t + T, D), (B, t + T), and keep the last window - 1."""
+        self.seen_tokens += embeds.shape[1]
+        if self.embeds is not None:
+            embeds = torch.cat([self.embeds, embeds], 1)  # (B, t+T, D)
+            real = torch.cat([self.real, real], 1)  # (B, t+T)
+        keep = self.window - 1
+        self.embeds, self.real = embeds[:, -keep:], real[:, -keep:]
+        return embeds, real
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        if self.embeds is not None:
+            self.embeds, self.real = fn(self.embeds), fn(self.real)
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def memory_bytes(self) -> int:
+        if self.embeds is None:
+            return 0
+        return self.embeds.numel() * self.embeds.element_size() + self.real.numel() * self.real.element_size()

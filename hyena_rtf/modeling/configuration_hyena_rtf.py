@@ -1,0 +1,177 @@
+"""HyenaRTFConfig: the Hugging Face configuration of the Hyena-RTF decoder LM and its baselines.
+
+One backbone, three mixers (``mixer``): ``"hyena_rtf"`` (Hyena operator with RTF long filters,
+the default), ``"hyena"`` (Hyena's implicit MLP filters) and ``"attention"`` (causal multi-head
+attention). Field names follow the transformers conventions (``hidden_size``,
+``num_hidden_layers``, ``max_position_embeddings``...) so generic tooling (``generate``,
+lm-eval, ``AutoModelForCausalLM``) reads them; ``max_position_embeddings`` is the Hyena filter
+length ``l_max`` and therefore the context length of parallel mode.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+__all__ = ["HyenaRTFConfig", "MIXERS"]
+
+MIXERS = ("hyena_rtf", "hyena", "attention")
+_RTF_INITS = ("zeros", "xavier", "montel")
+_RTF_CONSTRAINTS = ("l1_montel", "none")
+_POSITION_TYPES = ("learned", "rotary")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class HyenaRTFConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HyenaRTFForCausalLM`.
+
+    Backbone:
+        vocab_size: number of tokens; the embedding is padded up to a multiple of
+            ``pad_vocab_size_multiple`` (``padded_vocab_size``), but logits cover ``vocab_size`` only.
+        hidden_size: model width D.
+        num_hidden_layers: number of blocks.
+        intermediate_size: MLP width (default 4 * hidden_size).
+        max_position_embeddings: l_max, the longest sequence of parallel (training) mode; the
+            Hyena filter length and the table size of learned positions.
+        mixer: ``"hyena_rtf"`` | ``"hyena"`` | ``"attention"``.
+        embed_dropout, resid_dropout: dropout on the embeddings and on each residual branch.
+        mixer_dropout: Hyena's dropout on the gated input of each long convolution, or the
+            attention-probability dropout of the attention mixer.
+        layer_norm_epsilon: LayerNorm epsilon.
+        initializer_range: std of the GPT-2 style normal init (residual output projections are
+            further scaled by 1/sqrt(2 * num_hidden_layers)).
+        residual_in_fp32: keep the residual stream in fp32 under low-precision weights/autocast.
+        pad_vocab_size_multiple: pad the embedding rows to a multiple of this (8 = tensor-core friendly).
+        tie_word_embeddings: share the input embedding with the LM head.
+
+    Hyena (``hyena_rtf`` and ``hyena``):
+        hyena_order: number of gates; ``hyena_order - 1`` long convolutions per layer.
+        short_filter_order: width of the causal depthwise short convolution.
+        output_rank: None for a Linear(D, D) output projection; r for RMSNorm -> Linear(D, r) ->
+            GELU -> Linear(r, D) (the paper's low-rank head).
+        state_size: RTF order N (``hyena_rtf``); must be < max_position_embeddings.
+        rtf_num_a: number of distinct RTF denominators per filter bank (None: one per channel).
+        rtf_init: ``"xavier"`` | ``"montel"`` | ``"zeros"``.
+        rtf_constraint: ``"l1_montel"`` (poles strictly inside the unit circle) | ``"none"``.
+        filter_dropout: dropout on the long-filter kernel taps.
+        implicit_filter_order, implicit_emb_dim: MLP width and positional-encoding size of the
+            implicit filter (``hyena``).
+
+    Attention (``attention``):
+        num_attention_heads: heads; must divide hidden_size.
+        position_embedding_type: ``"learned"`` (absolute table of max_position_embeddings rows;
+            generation cannot go past it) | ``"rotary"``.
+        rotary_base: base of the rotary frequencies.
+    """
+
+    model_type = "hyena_rtf"
+
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 1024
+    mixer: str = "hyena_rtf"
+    hyena_order: int = 2
+    short_filter_order: int = 3
+    output_rank: int | None = None
+    state_size: int = 64
+    rtf_num_a: int | None = None
+    rtf_init: str = "xavier"
+    rtf_constraint: str = "l1_montel"
+    filter_dropout: float = 0.0
+    implicit_filter_order: int = 64
+    implicit_emb_dim: int = 3
+    num_attention_heads: int = 12
+    position_embedding_type: str = "learned"
+    rotary_base: float = 10000.0
+    embed_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    mixer_dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.intermediate_size is None and _is_int(self.hidden_size):
+            self.intermediate_size = 4 * self.hidden_size
+        super().__post_init__(**kwargs)
+        self.check_values()
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: vocab_size rounded up to a multiple of pad_vocab_size_multiple."""
+        m = self.pad_vocab_size_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    def check_values(self) -> None:
+        """Raise ValueError naming the first field with an unusable value."""
+
+        def need(ok: bool, field: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"HyenaRTFConfig.{field} {what}, got {getattr(self, field)!r}")
+
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "pad_vocab_size_multiple"):
+            need(_is_int(getattr(self, field)) and getattr(self, field) >= 1, field, "must be an integer >= 1")
+        need(
+            _is_int(self.max_position_embeddings) and self.max_position_embeddings >= 2,
+            "max_position_embeddings",
+            "(l_max) must be an integer >= 2",
+        )
+        need(self.mixer in MIXERS, "mixer", f"must be one of {MIXERS}")
+        for field in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):
+            value = getattr(self, field)
+            need(isinstance(value, (int, float)) and 0.0 <= value < 1.0, field, "must be a probability in [0, 1)")
+        need(isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0, "layer_norm_epsilon", "must be > 0")
+        need(isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0, "initializer_range", "must be > 0")
+        if self.mixer in ("hyena_rtf", "hyena"):
+            need(_is_int(self.hyena_order) and self.hyena_order >= 2, "hyena_order", "must be an integer >= 2")
+            need(_is_int(self.short_filter_order) and self.short_filter_order >= 1, "short_filter_order", "must be an integer >= 1")
+            need(
+                self.output_rank is None or (_is_int(self.output_rank) and self.output_rank >= 1),
+                "output_rank",
+                "must be None (Linear(D, D) output) or an integer >= 1",
+            )
+        if self.mixer == "hyena_rtf":
+            need(
+                _is_int(self.state_size) and 1 <= self.state_size < self.max_position_embeddings,
+                "state_size",
+                f"must be an integer in [1, max_position_embeddings={self.max_position_embeddings})",
+            )
+            need(
+                self.rtf_num_a is None
+                or (_is_int(self.rtf_num_a) and self.rtf_num_a >= 1 and self.hidden_size % self.rtf_num_a == 0),
+                "rtf_num_a",
+                f"must be None or a divisor of hidden_size={self.hidden_size}",
+            )
+            need(self.rtf_init in _RTF_INITS, "rtf_init", f"must be one of {_RTF_INITS}")
+            need(self.rtf_constraint in _RTF_CONSTRAINTS, "rtf_constraint", f"must be one of {_RTF_CONSTRAINTS}")
+        if self.mixer == "hyena":
+            need(_is_int(self.implicit_filter_order) and self.implicit_filter_order >= 1, "implicit_filter_order", "must be an integer >= 1")
+            need(
+                _is_int(self.implicit_emb_dim) and self.implicit_emb_dim >= 3 and self.implicit_emb_dim % 2 == 1,
+                "implicit_emb_dim",
+                "must be an odd integer >= 3",
+            )
+        if self.mixer == "attention":
+            need(
+                _is_int(self.num_attention_heads) and self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads == 0,
+                "num_attention_heads",
+                f"must be an integer >= 1 dividing hidden_size={self.hidden_size}",
+            )
+            need(self.position_embedding_type in _POSITION_TYPES, "position_embedding_type", f"must be one of {_POSITION_TYPES}")
+            if self.position_embedding_type == "rotary":
+                need(
+                    (self.hidden_size // self.num_attention_heads) % 2 == 0,
+                    "num_attention_heads",
+                    "must leave an even head size (hidden_size / num_attention_heads) for rotary positions",
+                )
+            need(isinstance(self.rotary_base, (int, float)) and self.rotary_base > 1, "rotary_base", "must be > 1")

@@ -1,0 +1,517 @@
+"""HyenaRTFForCausalLM: a GPT-2 style decoder LM whose mixer is Hyena-RTF, Hyena or attention.
+
+Backbone (identical for the three mixers): token embedding [+ learned positions for attention
+with ``position_embedding_type="learned"``] -> embedding dropout -> blocks of
+(LN -> mixer -> residual, LN -> MLP -> residual) -> final LN -> LM head tied to the embedding.
+GPT-2 init: every Linear and Embedding N(0, initializer_range), biases zero, residual output
+projections (``out_proj``, ``fc2``) scaled by 1/sqrt(2 * num_hidden_layers). That includes the
+Linear layers of the implicit filter's MLP, as in safari; RTF coefficients and the short
+convolution keep their own initialisation.
+
+Vocabulary: the embedding has ``padded_vocab_size`` rows (a multiple of 8) but logits are
+computed against the first ``vocab_size`` rows only, so padded entries are never scored, never
+sampled and never receive probability mass; ``logits.shape[-1] == vocab_size``.
+
+Decoding (``use_cache=True``, which ``generate`` passes):
+- ``hyena_rtf``: a :class:`~.cache.HyenaCache`. The prompt is prefilled in parallel (FFT
+  convolutions, chunks of l_max) into the recurrent state, then each token is one O(state) step
+  per layer. The recurrence runs for any length, so generation continues past l_max.
+- ``attention``: transformers' ``DynamicCache`` (keys and values).
+- ``hyena`` (implicit filters, no finite state): a :class:`~.cache.RecomputeCache`; every new
+  token re-runs the whole parallel model over the last l_max positions. Slow by construction:
+  the baseline that recurrent decoding is measured against.
+Left-padded batches are exact for every mixer: attention masks padded keys; Hyena mixers prefill
+each group of rows from its first real token (a padded position would otherwise leak into the
+recurrent state). Padding elsewhere than on the left is ignored by the Hyena mixers, which is
+harmless for right padding because the models are causal.
+
+Without a cache (training, scoring) the model runs in parallel mode and accepts at most
+``max_position_embeddings`` (= l_max) positions, the length of the trained long filters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .attention import CausalSelfAttention, causal_mask
+from .blocks import Block
+from .cache import HyenaCache, RecomputeCache
+from .configuration_hyena_rtf import HyenaRTFConfig
+from .hyena import HyenaOperator
+from .implicit_filter import ImplicitFilter
+from .rtf import RTF
+
+__all__ = ["HyenaRTFPreTrainedModel", "HyenaRTFModel", "HyenaRTFForCausalLM", "build_mixer", "register_auto_classes"]
+
+_RESIDUAL_PROJECTIONS = ("out_proj", "fc2")
+
+
+def build_mixer(config: HyenaRTFConfig) -> nn.Module:
+    """The sequence mixer of one block, as chosen by ``config.mixer``."""
+    # from_pretrained builds models under a meta-device context and patches torch.linspace to
+    # default to CPU; naming the context's device explicitly keeps every tensor on one device.
+    device = torch.get_default_device()
+    if config.mixer == "attention":
+        return CausalSelfAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            position_type=config.position_embedding_type,
+            rotary_base=config.rotary_base,
+            dropout=config.mixer_dropout,
+            device=device,
+        )
+    if config.mixer == "hyena_rtf":
+        filt = "rtf"
+        filter_kwargs = dict(
+            state_size=config.state_size,
+            num_a=config.rtf_num_a,
+            init=config.rtf_init,
+            constraint=config.rtf_constraint,
+            dropout=config.filter_dropout,
+        )
+    else:
+        filt = "implicit"
+        filter_kwargs = dict(
+            emb_dim=config.implicit_emb_dim, filter_order=config.implicit_filter_order, dropout=config.filter_dropout
+        )
+    return HyenaOperator(
+        config.hidden_size,
+        config.max_position_embeddings,
+        order=config.hyena_order,
+        filter=filt,
+        filter_kwargs=filter_kwargs,
+        short_filter_order=config.short_filter_order,
+        dropout=config.mixer_dropout,
+        output_rank=config.output_rank,
+        device=device,
+    )
+
+
+def _leading_padding(real: Optional[Tensor]) -> Optional[Tensor]:
+    """Index of the first real token of each row (B,), or None when no row starts with padding."""
+    if real is None:
+        return None
+    starts = (real.long().cumsum(-1) == 0).sum(-1)  # (B,)
+    if not bool(starts.any()):
+        return None
+    if bool((starts == real.shape[1]).any()):
+        raise ValueError("attention_mask has a row without any real token (all zeros); drop that row")
+    return starts
+
+
+class HyenaRTFPreTrainedModel(PreTrainedModel):
+    """Weight init, optimizer parameter groups and the Hugging Face class attributes."""
+
+    config_class = HyenaRTFConfig
+    config: HyenaRTFConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    # Blocks assisted decoding, which would need to roll a recurrent state back.
+    _is_stateful = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "_is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ImplicitFilter):
+            # Its time grid and decay rates are non-persistent buffers: not in checkpoints, and
+            # left uninitialised by from_pretrained. Recompute them from a fresh filter.
+            fresh = ImplicitFilter(
+                module.d_model,
+                module.l_max,
+                emb_dim=module.pos_emb.shape[-1],
+                filter_order=module.mlp[0].out_features,
+                device="cpu",
+            )
+            with torch.no_grad():
+                module.t.copy_(fresh.t)
+                module.deltas.copy_(fresh.deltas)
+
+    def param_groups(
+        self,
+        weight_decay: float = 0.0,
+        filter_lr: Optional[float] = None,
+        filter_weight_decay: float = 0.0,
+        decay_norm_and_bias: bool = True,
+    ) -> list[dict]:
+        """Optimizer parameter groups (dicts for ``torch.optim``), empty groups left out.
+
+        - ``"filter"``: every parameter of the long filters (RTF / implicit filter modules:
+          coefficients, feed-through, montel scale, positional encoding, MLP) with ``filter_lr``
+          (None: the optimizer's lr) and ``filter_weight_decay``.
+        - ``"decay"``: the other parameters with ``weight_decay``; with
+          ``decay_norm_and_bias=True`` (the paper: decay every non-filter parameter) that is all of
+          them, otherwise only tensors with >= 2 dimensions (matrices, embeddings, convolutions).
+        - ``"no_decay"``: biases and norm weights when ``decay_norm_and_bias=False``.
+        """
+        filter_params = {
+            id(p) for m in self.modules() if isinstance(m, (RTF, ImplicitFilter)) for p in m.parameters()
+        }
+        groups = {"filter": [], "decay": [], "no_decay": []}
+        for p in self.parameters():  # shared (tied) parameters are yielded once
+            if not p.requires_grad:
+                continue
+            if id(p) in filter_params:
+                groups["filter"].append(p)
+            elif decay_norm_and_bias or p.dim() >= 2:
+                groups["decay"].append(p)
+            else:
+                groups["no_decay"].append(p)
+        settings = {
+            "filter": {"weight_decay": filter_weight_decay, **({} if filter_lr is None else {"lr": filter_lr})},
+            "decay": {"weight_decay": weight_decay},
+            "no_decay": {"weight_decay": 0.0},
+        }
+        return [{"name": k, "params": v, **settings[k]} for k, v in groups.items() if v]
+
+
+class HyenaRTFModel(HyenaRTFPreTrainedModel):
+    """The backbone without the LM head: embeddings, blocks, final norm."""
+
+    def __init__(self, config: HyenaRTFConfig):
+        super().__init__(config)
+        config.check_values()
+        d = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.padded_vocab_size, d)
+        learned = config.mixer == "attention" and config.position_embedding_type == "learned"
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, d) if learned else None
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.layers = nn.ModuleList(
+            Block(d, build_mixer(config), config.intermediate_size, config.layer_norm_epsilon, config.resid_dropout)
+            for _ in range(config.num_hidden_layers)
+        )
+        self.norm_f = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
+        for name, module in self.layers.named_modules():
+            if name.rsplit(".", 1)[-1] in _RESIDUAL_PROJECTIONS and isinstance(module, nn.Linear):
+                module._is_residual_projection = True
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def new_cache(self, batch_size: Optional[int] = None) -> Union[HyenaCache, RecomputeCache, Cache]:
+        """An empty decoding cache of the kind this mixer uses (see the module docstring)."""
+        if self.config.mixer == "hyena_rtf":
+            return HyenaCache(self.config.num_hidden_layers)
+        if self.config.mixer == "hyena":
+            return RecomputeCache(self.config.max_position_embeddings)
+        return DynamicCache(config=self.config)
+
+    # ------------------------------------------------------------------ the block stack
+    def _run_blocks(self, x: Tensor, mode: str, states=None, collect: bool = False, attn=None):
+        """x (B, T, D) embeddings -> (final hidden (B, T, D), per-layer hiddens or None, new states).
+
+        mode: "parallel" (plain forward), "prefill" / "step" (Hyena-RTF recurrent mode from
+        ``states``, None meaning zero state), "attention" (``attn`` = (positions, mask, kv cache)).
+        """
+        x = self.embed_dropout(x)
+        if self.config.residual_in_fp32:
+            x = x.float()
+        hiddens = [x] if collect else None
+        new_states = []
+        for i, block in enumerate(self.layers):
+            if mode == "parallel":
+                if self.gradient_checkpointing and self.training:
+                    x = self._gradient_checkpointing_func(block.__call__, x)
+                else:
+                    x = block(x)
+            else:
+                x = block(x, self._mixer_call(mode, i, states, new_states, attn))
+            if collect:
+                hiddens.append(x)
+        h = self.norm_f(x.to(self.norm_f.weight.dtype))  # (B, T, D)
+        return h, hiddens, new_states
+
+    @staticmethod
+    def _mixer_call(mode: str, i: int, states, new_states: list, attn):
+        if mode == "prefill":
+
+            def mix(op: HyenaOperator, h: Tensor) -> Tensor:
+                y, s = op.prefill(h, None if states is None else states[i])  # (B, T, D)
+                new_states.append(s)
+                return y
+
+        elif mode == "step":
+
+            def mix(op: HyenaOperator, h: Tensor) -> Tensor:
+                y, s = op.step(h[:, 0], states[i])  # (B, D)
+                new_states.append(s)
+                return y.unsqueeze(1)
+
+        else:
+            positions, mask, cache = attn
+
+            def mix(op: CausalSelfAttention, h: Tensor) -> Tensor:
+                q, k, v = op.project(h, positions)  # (B, H, T, d)
+                if cache is not None:
+                    k, v = cache.update(k, v, i)  # (B, H, past+T, d)
+                return op.attend(q, k, v, mask)
+
+        return mix
+
+    def _run_grouped(self, x: Tensor, real: Optional[Tensor], mode: str, collect: bool):
+        """Like ``_run_blocks`` from zero state, but every group of left-padded rows starts at its
+        first real token. Returns (h, hiddens, parts) with parts = [(rows or None, states)]."""
+        starts = _leading_padding(real)
+        if starts is None:
+            h, hiddens, states = self._run_blocks(x, mode, None, collect)
+            return h, hiddens, [(None, states)]
+        B, T, _ = x.shape
+        h = hiddens = None
+        parts = []
+        for start in starts.unique().tolist():
+            rows = (starts == start).nonzero().squeeze(-1)
+            h_sub, hid_sub, states = self._run_blocks(x[rows, start:], mode, None, collect)
+            if h is None:
+                h = h_sub.new_zeros(B, T, h_sub.shape[-1])
+                hiddens = [t.new_zeros(B, T, t.shape[-1]) for t in hid_sub] if collect else None
+            h[rows, start:] = h_sub
+            for full, part in zip(hiddens or [], hid_sub or []):
+                full[rows, start:] = part
+            parts.append((rows, states))
+        return h, hiddens, parts
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        past_key_values=None,
+        inputs_embeds: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        logits_to_keep: Union[int, Tensor] = 0,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """input_ids (B, T) or inputs_embeds (B, T, D) -> last_hidden_state (B, T, D).
+
+        A cache is used when ``past_key_values`` is given, or created when ``use_cache=True``;
+        it is returned in ``past_key_values``. ``attention_mask`` (B, past+T): 1 = token, 0 =
+        padding. ``logits_to_keep`` only matters for the implicit-filter recompute mode, where
+        positions past the first l_max that are not kept are not computed (left as NaN).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        B, T = x.shape[:2]
+        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T):
+            raise ValueError(f"attention_mask must have shape (B={B}, >= T={T}), got {tuple(attention_mask.shape)}")
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.new_cache(B)
+        collect = bool(output_hidden_states)
+        mixer = self.config.mixer
+        real = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
+        if mixer == "attention":
+            h, hiddens = self._forward_attention(x, attention_mask, position_ids, cache, collect)
+        elif cache is None:
+            self._check_parallel_length(T)
+            h, hiddens, _ = self._run_grouped(x, real, "parallel", collect)
+        elif mixer == "hyena_rtf":
+            if not isinstance(cache, HyenaCache):
+                raise ValueError(f"mixer 'hyena_rtf' needs a HyenaCache in past_key_values, got {type(cache).__name__}")
+            h, hiddens = self._forward_recurrent(x, real, cache, collect)
+        else:
+            if not isinstance(cache, RecomputeCache):
+                raise ValueError(f"mixer 'hyena' needs a RecomputeCache in past_key_values, got {type(cache).__name__}")
+            if collect:
+                raise ValueError("output_hidden_states is not available in the recompute decoding mode of mixer 'hyena'")
+            h, hiddens = self._forward_recompute(x, real, cache, logits_to_keep), None
+        return BaseModelOutputWithPast(
+            last_hidden_state=h, past_key_values=cache, hidden_states=tuple(hiddens) if collect else None
+        )
+
+    def _check_parallel_length(self, T: int) -> None:
+        l_max = self.config.max_position_embeddings
+        if T > l_max:
+            hint = "pass use_cache=True to run it recurrently" if self.config.mixer == "hyena_rtf" else "split it"
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings={l_max}, the filter length of parallel mode; {hint}"
+            )
+
+    def _forward_attention(self, x, attention_mask, position_ids, cache, collect):
+        B, T = x.shape[:2]
+        if cache is not None and not isinstance(cache, Cache):
+            raise ValueError(f"mixer 'attention' needs a transformers Cache in past_key_values, got {type(cache).__name__}")
+        past = 0 if cache is None else cache.get_seq_length()
+        pad = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            pad = attention_mask
+            if pad.shape[1] != past + T:
+                raise ValueError(f"attention_mask must cover past and new tokens ({past + T}), got {pad.shape[1]}")
+        if position_ids is None:
+            if pad is not None:  # left-padded rows start counting at their first real token
+                position_ids = (pad.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)  # (1, T)
+        if self.embed_positions is not None:
+            if int(position_ids.max()) >= self.config.max_position_embeddings:
+                raise ValueError(
+                    f"position {int(position_ids.max())} is past the learned position table "
+                    f"(max_position_embeddings={self.config.max_position_embeddings}); "
+                    "use position_embedding_type='rotary' to run longer sequences"
+                )
+            x = x + self.embed_positions(position_ids)
+        elif cache is None:
+            self._check_parallel_length(T)
+        mask = causal_mask(T, past + T, pad, device=x.device)
+        h, hiddens, _ = self._run_blocks(x, "attention", collect=collect, attn=(position_ids, mask, cache))
+        return h, hiddens
+
+    def _forward_recurrent(self, x: Tensor, real: Optional[Tensor], cache: HyenaCache, collect: bool):
+        B, T = x.shape[:2]
+        if cache.is_empty:
+            h, hiddens, parts = self._run_grouped(x, real, "prefill", collect)
+            for rows, states in parts:
+                if rows is None:
+                    cache.states = states
+                else:
+                    cache.set_rows(rows, states, B)
+        else:
+            h, hiddens, cache.states = self._run_blocks(x, "step" if T == 1 else "prefill", cache.states, collect)
+        cache.seen_tokens += T
+        return h, hiddens
+
+    def _forward_recompute(self, x: Tensor, real: Optional[Tensor], cache: RecomputeCache, logits_to_keep) -> Tensor:
+        """Score each new position with a parallel forward over the (at most) l_max positions ending there."""
+        B, T, _ = x.shape
+        L = self.config.max_position_embeddings
+        if real is None:
+            real = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        seq, real_seq = cache.append(x, real)  # (B, n, D), (B, n)
+        n = seq.shape[1]
+        first = n - T  # index in seq of the first new position
+        out = None
+        if first < L:  # new positions whose window starts at seq[0]: one causal pass
+            stop = min(n, L)
+            h, _, _ = self._run_grouped(seq[:, :stop], real_seq[:, :stop], "parallel", False)
+            out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, : stop - first] = h[:, first:]
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            wanted = range(max(0, T - logits_to_keep), T)
+        else:
+            wanted = range(T)
+        for i in wanted:
+            j = first + i
+            if j < L:
+                continue
+            h, _, _ = self._run_grouped(seq[:, j - L + 1 : j + 1], real_seq[:, j - L + 1 : j + 1], "parallel", False)
+            if out is None:
+                out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, i] = h[:, -1]
+        return out
+
+
+class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
+    """Decoder LM: :class:`HyenaRTFModel` plus a (tied) LM head; works with ``generate``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HyenaRTFConfig):
+        super().__init__(config)
+        self.model = HyenaRTFModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a DynamicCache for us: the Hyena mixers keep their own state
+        # (HyenaCache / RecomputeCache); forward() creates the right cache on the first call.
+        return False
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def new_cache(self, batch_size: Optional[int] = None):
+        """An empty decoding cache for this model's mixer."""
+        return self.model.new_cache(batch_size)
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        past_key_values=None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: Union[int, Tensor] = 0,
+        **kwargs,
+    ) -> Union[CausalLMOutputWithPast, tuple]:
+        """Logits (B, T, vocab_size) and, with ``labels`` (B, T), the mean next-token cross-entropy.
+
+        Labels are shifted inside (position t predicts labels[t+1]); -100 is ignored. A cache is
+        only built when ``use_cache=True`` (as ``generate`` passes) or passed in.
+        ``logits_to_keep=k > 0`` computes logits for the last k positions only.
+        """
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
+        )
+        h = out.last_hidden_state  # (B, T, D)
+        if isinstance(logits_to_keep, int):
+            h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
+        else:
+            h = h[:, logits_to_keep]
+        logits = F.linear(h, self.lm_head.weight[: self.config.vocab_size])  # (B, T, V): padded rows never scored
+        loss = None
+        if labels is not None:
+            extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **extra)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+        return result.to_tuple() if return_dict is False else result
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` resolve ``model_type="hyena_rtf"`` in this process.
+
+    Idempotent. Exported directories also carry the code (``hyena_rtf.export.export_hf``), so
+    ``trust_remote_code=True`` loads them where this package is not installed.
+    """
+    AutoConfig.register(HyenaRTFConfig.model_type, HyenaRTFConfig, exist_ok=True)
+    AutoModelForCausalLM.register(HyenaRTFConfig, HyenaRTFForCausalLM, exist_ok=True)

@@ -1,0 +1,189 @@
+"""Recurrent / cached decoding against parallel forwards, and generate() on top of it."""
+
+import pytest
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from hyena_rtf.modeling.cache import HyenaCache, RecomputeCache
+from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+from hyena_rtf.modeling.presets import preset_config
+
+L_MAX = 64
+V = 97
+
+
+def tiny(mixer, **overrides):
+    # A larger init std than GPT-2's 0.02 makes random models produce varied, non-repeating tokens.
+    kw = dict(vocab_size=V, max_position_embeddings=L_MAX, num_hidden_layers=2, initializer_range=0.3)
+    return HyenaRTFForCausalLM(preset_config(f"{mixer}-tiny", **{**kw, **overrides})).eval()
+
+
+MODELS = {
+    "hyena_rtf": dict(mixer="hyena_rtf"),
+    "hyena": dict(mixer="hyena"),
+    "attention-learned": dict(mixer="attention"),
+    "attention-rotary": dict(mixer="attention", position_embedding_type="rotary"),
+}
+
+
+def build(key):
+    kw = dict(MODELS[key])
+    return tiny(kw.pop("mixer"), **kw)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def argmax_loop(model, ids, n, window=None):
+    """Reference greedy decoding: a full parallel forward over the (last ``window``) tokens each step."""
+    seq = ids
+    for _ in range(n):
+        ctx = seq if window is None else seq[:, -window:]
+        nxt = model(ctx).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    return seq
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@torch.no_grad()
+def test_prefill_then_steps_reproduce_parallel_logits(key):
+    model = build(key)
+    ids = torch.randint(0, V, (2, L_MAX))
+    ref = model(ids).logits  # (2, L_MAX, V)
+    for split in (1, 23):
+        out = model(ids[:, :split], use_cache=True)
+        logits, cache = [out.logits], out.past_key_values
+        for t in range(split, L_MAX):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            logits.append(out.logits)
+        assert cache.get_seq_length() == L_MAX
+        assert rel_err(torch.cat(logits, 1), ref) < 1e-4, split
+
+
+@torch.no_grad()
+def test_chunked_prefill_continues_a_recurrent_state():
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (2, 50))
+    ref = model(ids).logits
+    cache = model.new_cache()
+    parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in ((0, 17), (17, 18), (18, 50))]
+    assert isinstance(cache, HyenaCache)
+    assert rel_err(torch.cat(parts, 1), ref) < 1e-4
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@pytest.mark.parametrize("prompt_len", [1, 12])
+@torch.no_grad()
+def test_greedy_generate_equals_argmax_over_parallel_forwards(key, prompt_len):
+    model = build(key)
+    ids = torch.randint(0, V, (3, prompt_len))
+    n = L_MAX - prompt_len
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    ref = argmax_loop(model, ids, n)
+    assert out.shape == (3, L_MAX)
+    assert torch.equal(out, ref)
+    assert len(set(out[0, prompt_len:].tolist())) > 3  # not a degenerate repetition
+
+
+@torch.no_grad()
+def test_recurrent_generation_runs_far_past_l_max():
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (2, 5))
+    n = 3 * L_MAX
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    seq, step_logits = out.sequences, torch.stack(out.logits, 1)  # (2, 5+n), (2, n, V)
+    assert seq.shape == (2, 5 + n) and torch.isfinite(step_logits).all()
+    # The recurrence is one system for any length: a single chunked prefill over the whole
+    # sequence (FFT, chunks of l_max) scores every position exactly as the token-by-token steps did.
+    prefill_logits = model(seq[:, :-1], use_cache=True).logits[:, 4:]  # predictions of tokens 5..
+    assert rel_err(step_logits, prefill_logits) < 1e-4
+
+
+@torch.no_grad()
+def test_recompute_generation_slides_a_window_of_l_max():
+    model = build("hyena")
+    ids = torch.randint(0, V, (2, 7))
+    n = L_MAX + 20
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    assert torch.equal(out, argmax_loop(model, ids, n, window=L_MAX))
+
+
+@torch.no_grad()
+def test_recompute_prefill_longer_than_l_max_scores_each_position_on_its_window():
+    model = build("hyena")
+    ids = torch.randint(0, V, (1, L_MAX + 5))
+    out = model(ids, use_cache=True)
+    assert isinstance(out.past_key_values, RecomputeCache)
+    for t in (3, L_MAX - 1, L_MAX, L_MAX + 4):
+        ref = model(ids[:, max(0, t - L_MAX + 1) : t + 1]).logits[:, -1]
+        assert rel_err(out.logits[:, t], ref) < 1e-5, t
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-learned"])
+@torch.no_grad()
+def test_left_padded_batch_generation_equals_one_by_one(key):
+    model = build(key)
+    prompts = [torch.randint(0, V, (n,)) for n in (9, 3, 6)]
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, 9 - len(p) :], mask[i, 9 - len(p) :] = p, 1
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0)
+    for i, p in enumerate(prompts):
+        one = model.generate(p.unsqueeze(0), max_new_tokens=15, min_new_tokens=15, do_sample=False)
+        assert torch.equal(out[i, 9:], one[0, len(p) :]), i
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "attention-rotary"])
+@torch.no_grad()
+def test_beam_search_with_cache_equals_beam_search_without(key):
+    model = build(key)  # reorder_cache must follow the beams exactly
+    ids = torch.randint(0, V, (2, 6))
+    kw = dict(max_new_tokens=12, min_new_tokens=12, num_beams=3, do_sample=False)
+    assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+
+
+class _Collect(BaseStreamer):
+    def __init__(self):
+        self.chunks = []
+
+    def put(self, value):
+        self.chunks.append(value.flatten().tolist())
+
+    def end(self):
+        self.chunks.append(None)
+
+
+@torch.no_grad()
+def test_sampling_options_and_streamer_come_from_transformers():
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (1, 4))
+    kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3)
+    torch.manual_seed(1)
+    a = model.generate(ids, **kw)
+    torch.manual_seed(1)
+    streamer = _Collect()
+    b = model.generate(ids, streamer=streamer, **kw)
+    assert torch.equal(a, b) and a.shape == (1, 24) and int(a.max()) < V
+    streamed = [t for c in streamer.chunks[1:-1] for t in c]  # first put is the prompt
+    assert streamed == a[0, 4:].tolist() and streamer.chunks[-1] is None
+    torch.manual_seed(2)
+    assert not torch.equal(model.generate(ids, **kw), a)
+
+
+def test_learned_position_attention_cannot_generate_past_its_table():
+    model = build("attention-learned")
+    with pytest.raises(ValueError, match="learned position table"):
+        model.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+
+
+@torch.no_grad()
+def test_recurrent_state_size_does_not_grow_with_position():
+    model = build("hyena_rtf")
+    cache = model(torch.randint(0, V, (2, 10)), use_cache=True).past_key_values
+    before = cache.memory_bytes()
+    model(torch.randint(0, V, (2, 150)), past_key_values=cache, use_cache=True)
+    cfg = model.config
+    per_layer = (cfg.hyena_order + 1) * cfg.hidden_size * (cfg.short_filter_order - 1) + (cfg.hyena_order - 1) * cfg.hidden_size * cfg.state_size
+    assert cache.memory_bytes() == before == 2 * cfg.num_hidden_layers * per_layer * 4

@@ -16,7 +16,7 @@ class UserError(Exception):
 
 
 # Errors that come from bad input to our own code paths; anything else is a bug and keeps its traceback.
-_USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotImplementedError, UnicodeDecodeError)
+_USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, UnicodeDecodeError)
 
 
 def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:

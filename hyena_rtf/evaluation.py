@@ -120,3 +120,45 @@ def write_result(result: EvalResult, path: Path, overwrite: bool) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({**asdict(result), "protocol": result.protocol()}, indent=2))
     tmp.replace(path)
+
+
+def evaluate(cfg) -> EvalResult:
+    """The evaluate task: score one split of ``cfg.data``'s corpus with a checkpoint's model.
+
+    The split is tokenised with the checkpoint's own tokenizer; word and byte counts come from
+    the raw text, so word ppl and bits per byte compare across tokenizers.
+    """
+    from .checkpoints import load_for_inference
+    from .corpus import load_corpus
+    from .data import text_stats, tokenize_text
+    from .errors import UserError
+
+    if not cfg.get("ckpt_path"):
+        raise UserError("evaluate needs ckpt_path=<file.ckpt or exported model dir>")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_for_inference(cfg.ckpt_path, device)
+    if tokenizer is None:
+        raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
+    d = cfg.data
+    files = dict(d.data_files) if d.get("data_files") else None
+    corpus = load_corpus(d.corpus, d.get("train_path"), d.get("validation_path"), d.get("test_path"),
+                         d.get("dataset_path"), d.get("dataset_config"), files)
+    text = corpus.text(cfg.split)
+    ids = tokenize_text(tokenizer, text, d.get("add_eos", False), desc=f"tokenizing {cfg.split}")
+    l_max = model.config.max_position_embeddings
+    context = cfg.context or l_max
+    if context > l_max and model.config.mixer != "hyena_rtf":
+        raise UserError(f"context={context} exceeds the model's max_position_embeddings={l_max}")
+    if context > l_max:
+        raise UserError(f"context={context} exceeds l_max={l_max}: parallel scoring is limited to the kernel length")
+    if not cfg.get("include_tail", True):
+        n = (len(ids) - 1) // context * context + 1  # drop the incomplete last chunk, as training does
+        ids = ids[:n]
+    stats = text_stats(text)
+    result = evaluate_ids(model, ids, cfg.split, context, cfg.stride, stats, cfg.batch_size, device,
+                          progress=cfg.get("progress", True))
+    print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
+    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"eval_{cfg.split}.json"
+    write_result(result, out, cfg.get("overwrite", False))
+    print(f"results written to {out}")
+    return result

@@ -58,3 +58,35 @@ def generate_text(
     if streamer is None and tokenizer is None:
         print(out[0].tolist(), file=sys.stdout)
     return out
+
+
+def generate(cfg) -> str:
+    """The generate task: load a checkpoint or HF directory, stream a continuation of the prompt."""
+    from pathlib import Path
+
+    from .checkpoints import load_for_inference
+
+    if not cfg.get("ckpt_path"):
+        raise UserError("generate needs ckpt_path=<file.ckpt or exported model dir>")
+    if cfg.get("seed") is not None:
+        torch.manual_seed(cfg.seed)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_for_inference(cfg.ckpt_path, device)
+    prompt_ids = list(cfg.prompt_ids) if cfg.get("prompt_ids") is not None else None
+    prompt = cfg.get("prompt")
+    if prompt is None and prompt_ids is None:
+        prompt = tokenizer.eos_token if tokenizer is not None else None
+        if prompt is None:
+            raise UserError("give prompt='text' or prompt_ids=[...]")
+    ids = encode_prompt(tokenizer, prompt, prompt_ids, model.config.vocab_size)
+    out = generate_text(
+        model, tokenizer, ids, cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p,
+        cfg.repetition_penalty,
+    )
+    text = tokenizer.decode(out[0], skip_special_tokens=True) if tokenizer is not None else str(out[0].tolist())
+    print(flush=True)
+    if cfg.get("save", True):
+        path = Path(cfg.paths.output_dir) / "generation.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    return text

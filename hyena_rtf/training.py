@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("test", False) and not trainer.interrupted:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor == "val/loss"), "")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
@@ -92,9 +92,9 @@ def _print_summary(cfg, trainer, module, datamodule, metrics, seconds: float) ->
     for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb"):
         if key in metrics and math.isfinite(metrics[key]):
             lines.append(f"{key:<15}: {metrics[key]:.3f}")
-    ckpt = trainer.checkpoint_callback
-    if ckpt is not None and ckpt.last_model_path:
-        lines.append(f"checkpoint     : {ckpt.last_model_path}")
+    last = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
+    if last:
+        lines.append(f"checkpoint     : {last}")
     sampler = next((c for c in trainer.callbacks if type(c).__name__ == "SampleGeneration"), None)
     if sampler is not None:
         sampler.on_validation_end(trainer, module)

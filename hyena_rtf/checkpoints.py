@@ -113,7 +113,10 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
         raise UserError(f"{path} holds a model configuration this version cannot build: {e}") from e
     model = HyenaRTFForCausalLM(config)
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise UserError(f"{path} is a checkpoint of another architecture ({str(e).splitlines()[-1].strip()[:160]})") from None
     if missing or unexpected:
         raise UserError(
             f"{path} is a checkpoint of another architecture "

@@ -24,10 +24,19 @@ def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:
 
     Set ``HYENA_RTF_DEBUG=1`` to get the full traceback instead.
     """
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    user_errors = (*_USER_ERRORS, MisconfigurationException)
     try:
         return task(*args, **kwargs)
-    except _USER_ERRORS as e:
+    except (*user_errors, InstantiationException) as e:
         if os.environ.get("HYENA_RTF_DEBUG"):
+            raise
+        # hydra.utils.instantiate wraps constructor errors; report the constructor's own message.
+        while isinstance(e, InstantiationException) and e.__cause__ is not None:
+            e = e.__cause__
+        if not isinstance(e, user_errors):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,101 @@
+"""Training callbacks: text samples at validation, RTF pole-radius monitor, token throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from .modeling.rtf import RTF
+
+__all__ = ["SampleGeneration", "StabilityMonitor", "TokenThroughputMonitor"]
+
+
+class SampleGeneration(L.Callback):
+    """After each validation, generate from fixed prompts (recurrent decoding) and log the text.
+
+    Samples are printed, appended to ``<run dir>/samples.txt`` and sent to W&B as a table when a
+    WandbLogger is attached. Needs ``pl_module.tokenizer``.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str] = ("The ",),
+        max_new_tokens: int = 48,
+        do_sample: bool = True,
+        top_k: int = 40,
+        temperature: float = 0.8,
+    ):
+        self.prompts, self.max_new_tokens = list(prompts), max_new_tokens
+        self.gen_kwargs = {"do_sample": do_sample, "top_k": top_k, "temperature": temperature}
+        self.last_samples: list[str] = []
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tok = getattr(pl_module, "tokenizer", None)
+        if tok is None or trainer.sanity_checking:
+            return
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        samples = []
+        with torch.no_grad():
+            for prompt in self.prompts:
+                ids = tok(prompt, return_tensors="pt").input_ids.to(pl_module.device)
+                if ids.numel() == 0:
+                    continue
+                out = net.generate(
+                    ids, max_new_tokens=self.max_new_tokens, pad_token_id=tok.eos_token_id, **self.gen_kwargs
+                )
+                samples.append(tok.decode(out[0], skip_special_tokens=True))
+        net.train(was_training)
+        self.last_samples = samples
+        step = trainer.global_step
+        for s in samples:
+            rank_zero_info(f"[sample @ step {step}] {s!r}")
+        out_dir = Path(trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "samples.txt", "a", encoding="utf-8") as f:
+            for s in samples:
+                f.write(f"step {step}: {s}\n")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_text(key="samples", columns=["step", "text"], data=[[step, s] for s in samples])
+
+
+class StabilityMonitor(L.Callback):
+    """Logs ``stability/max_pole_radius`` and ``stability/layer_<i>`` after each validation.
+
+    The radius is computed from the companion matrices (eigenvalues), so it is exact; with the
+    ``l1_montel`` constraint it stays below 1 by construction, without it the monitor is how a
+    user sees a filter drift towards instability.
+    """
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        radii = {}
+        for i, rtf in enumerate(m for m in pl_module.modules() if isinstance(m, RTF)):
+            radii[f"stability/layer_{i}"] = rtf.poles().abs().max().item()
+        if radii:
+            radii["stability/max_pole_radius"] = max(radii.values())
+            pl_module.log_dict(radii, sync_dist=False)
+
+
+class TokenThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor for token batches: items are tokens, samples are sequences.
+
+    MFU uses ``pl_module.flops_per_batch``, which the LightningModule computes analytically
+    (FFTs included; torch's FLOP counter ignores them).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            batch_size_fn=lambda batch: batch["input_ids"].shape[0],
+            length_fn=lambda batch: batch["input_ids"].numel(),
+            **kwargs,
+        )

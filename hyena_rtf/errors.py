@@ -1,0 +1,34 @@
+"""User-facing errors: one line on stderr and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+__all__ = ["UserError", "run_cli", "EXIT_USER_ERROR"]
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input (paths, data, config values) that the message says how to fix."""
+
+
+# Errors that come from bad input to our own code paths; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotImplementedError, UnicodeDecodeError)
+
+
+def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run ``task``; turn input errors into ``error: <message>`` and exit code 2.
+
+    Set ``HYENA_RTF_DEBUG=1`` to get the full traceback instead.
+    """
+    try:
+        return task(*args, **kwargs)
+    except _USER_ERRORS as e:
+        if os.environ.get("HYENA_RTF_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

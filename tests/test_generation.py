@@ -135,13 +135,24 @@ def test_left_padded_batch_generation_equals_one_by_one(key):
         assert torch.equal(out[i, 9:], one[0, len(p) :]), i
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "attention-rotary"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
 @torch.no_grad()
 def test_beam_search_with_cache_equals_beam_search_without(key):
     model = build(key)  # reorder_cache must follow the beams exactly
     ids = torch.randint(0, V, (2, 6))
     kw = dict(max_new_tokens=12, min_new_tokens=12, num_beams=3, do_sample=False)
     assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
+@torch.no_grad()
+def test_generate_from_inputs_embeds_equals_from_ids(key):
+    model = build(key)
+    ids = torch.randint(0, V, (2, 6))
+    kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    from_ids = model.generate(ids, **kw)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids), **kw)  # new tokens only
+    assert torch.equal(from_embeds, from_ids[:, 6:])
 
 
 class _Collect(BaseStreamer):

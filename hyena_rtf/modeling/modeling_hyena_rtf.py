@@ -20,6 +20,11 @@ Decoding (``use_cache=True``, which ``generate`` passes):
 - ``hyena`` (implicit filters, no finite state): a :class:`~.cache.RecomputeCache`; every new
   token re-runs the whole parallel model over the last l_max positions. Slow by construction:
   the baseline that recurrent decoding is measured against.
+The caches are classes of this package (``_supports_default_dynamic_cache`` returns False, so
+``generate`` leaves cache creation to ``forward``) rather than transformers' ``LinearAttentionLayer``:
+the three mixers need three kinds of state, one code path serves ``generate`` and direct calls
+alike, and ``generate`` cannot continue from a cache made only of linear-attention layers (its
+``get_seq_length`` raises there).
 Left-padded batches are exact for every mixer: attention masks padded keys; Hyena mixers prefill
 each group of rows from its first real token (a padded position would otherwise leak into the
 recurrent state). Padding elsewhere than on the left is ignored by the Hyena mixers, which is

@@ -23,12 +23,12 @@ __all__ = ["export_hf"]
 
 def export_hf(
     model: HyenaRTFForCausalLM,
-    tokenizer=None,
-    out_dir: Union[str, Path] = "hf_export",
+    tokenizer,
+    out_dir: Union[str, Path],
     overwrite: bool = False,
     max_shard_size: Optional[str] = None,
 ) -> Path:
-    """Write ``model`` (+ ``tokenizer``, + code) to ``out_dir`` and return its path.
+    """Write ``model`` (+ ``tokenizer`` unless None, + code) to ``out_dir`` and return its path.
 
     Refuses to write into an existing non-empty directory unless ``overwrite=True``; even then it
     only replaces a directory that looks like an earlier export (has a ``config.json``), so a

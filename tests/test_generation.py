@@ -91,7 +91,8 @@ def test_recurrent_generation_runs_far_past_l_max():
     model = build("hyena_rtf")
     ids = torch.randint(0, V, (2, 5))
     n = 3 * L_MAX
-    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    out = model.generate(ids, output_logits=True, return_dict_in_generate=True, **kw)
     seq, step_logits = out.sequences, torch.stack(out.logits, 1)  # (2, 5+n), (2, n, V)
     assert seq.shape == (2, 5 + n) and torch.isfinite(step_logits).all()
     # The recurrence is one system for any length: a single chunked prefill over the whole
@@ -129,19 +130,31 @@ def test_left_padded_batch_generation_equals_one_by_one(key):
     mask = torch.zeros(3, 9, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, 9 - len(p) :], mask[i, 9 - len(p) :] = p, 1
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0)
+    kw = dict(max_new_tokens=15, min_new_tokens=15, do_sample=False)
+    out = model.generate(ids, attention_mask=mask, pad_token_id=0, **kw)
     for i, p in enumerate(prompts):
-        one = model.generate(p.unsqueeze(0), max_new_tokens=15, min_new_tokens=15, do_sample=False)
+        one = model.generate(p.unsqueeze(0), **kw)
         assert torch.equal(out[i, 9:], one[0, len(p) :]), i
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "attention-rotary"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
 @torch.no_grad()
 def test_beam_search_with_cache_equals_beam_search_without(key):
     model = build(key)  # reorder_cache must follow the beams exactly
     ids = torch.randint(0, V, (2, 6))
     kw = dict(max_new_tokens=12, min_new_tokens=12, num_beams=3, do_sample=False)
     assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
+@torch.no_grad()
+def test_generate_from_inputs_embeds_equals_from_ids(key):
+    model = build(key)
+    ids = torch.randint(0, V, (2, 6))
+    kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    from_ids = model.generate(ids, **kw)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids), **kw)  # new tokens only
+    assert torch.equal(from_embeds, from_ids[:, 6:])
 
 
 class _Collect(BaseStreamer):
@@ -159,7 +172,8 @@ class _Collect(BaseStreamer):
 def test_sampling_options_and_streamer_come_from_transformers():
     model = build("hyena_rtf")
     ids = torch.randint(0, V, (1, 4))
-    kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3)
+    kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=True)
+    kw.update(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3)
     torch.manual_seed(1)
     a = model.generate(ids, **kw)
     torch.manual_seed(1)
@@ -185,5 +199,6 @@ def test_recurrent_state_size_does_not_grow_with_position():
     before = cache.memory_bytes()
     model(torch.randint(0, V, (2, 150)), past_key_values=cache, use_cache=True)
     cfg = model.config
-    per_layer = (cfg.hyena_order + 1) * cfg.hidden_size * (cfg.short_filter_order - 1) + (cfg.hyena_order - 1) * cfg.hidden_size * cfg.state_size
+    short = (cfg.hyena_order + 1) * cfg.hidden_size * (cfg.short_filter_order - 1)
+    per_layer = short + (cfg.hyena_order - 1) * cfg.hidden_size * cfg.state_size
     assert cache.memory_bytes() == before == 2 * cfg.num_hidden_layers * per_layer * 4

@@ -41,7 +41,8 @@ def tiny(mixer, **overrides):
         (dict(mixer="hyena", implicit_emb_dim=4), "implicit_emb_dim"),
         (dict(mixer="attention", num_attention_heads=7), "num_attention_heads"),
         (dict(mixer="attention", position_embedding_type="alibi"), "position_embedding_type"),
-        (dict(mixer="attention", hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "num_attention_heads"),
+        (dict(mixer="attention", hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"),
+         "num_attention_heads"),
         (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon"),
         (dict(pad_vocab_size_multiple=0), "pad_vocab_size_multiple"),
         (dict(num_hidden_layers=2.5), "num_hidden_layers"),
@@ -171,6 +172,16 @@ def test_left_padding_equals_unpadded_rows(mixer):
     for i, r in enumerate(rows):
         ref = model(r.unsqueeze(0)).logits[0]
         torch.testing.assert_close(logits[i, 20 - len(r) :], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fp32", [True, False])
+@torch.no_grad()
+def test_residual_stream_dtype_under_bf16_weights(fp32):
+    model = tiny("hyena_rtf", residual_in_fp32=fp32).to(torch.bfloat16)
+    out = model(torch.randint(0, 61, (2, 12)), output_hidden_states=True)
+    residuals = out.hidden_states  # embeddings, then the stream after each block
+    assert len(residuals) == 3 and {h.dtype for h in residuals} == {torch.float32 if fp32 else torch.bfloat16}
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
 
 
 def test_learned_positions_refuse_sequences_past_the_table():

@@ -115,63 +115,58 @@ class HyenaRTFConfig(PreTrainedConfig):
     def check_values(self) -> None:
         """Raise ValueError naming the first field with an unusable value."""
 
-        def need(ok: bool, field: str, what: str) -> None:
-            if not ok:
-                raise ValueError(f"HyenaRTFConfig.{field} {what}, got {getattr(self, field)!r}")
+        def fail(field: str, what: str) -> None:
+            raise ValueError(f"HyenaRTFConfig.{field} {what}, got {getattr(self, field)!r}")
+
+        def need_int(field: str, low: int = 1) -> None:
+            value = getattr(self, field)
+            if not (_is_int(value) and value >= low):
+                fail(field, f"must be an integer >= {low}")
+
+        def need_choice(field: str, choices: tuple) -> None:
+            if getattr(self, field) not in choices:
+                fail(field, f"must be one of {choices}")
+
+        def need_positive(field: str) -> None:
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and value > 0):
+                fail(field, "must be > 0")
 
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "pad_vocab_size_multiple"):
-            need(_is_int(getattr(self, field)) and getattr(self, field) >= 1, field, "must be an integer >= 1")
-        need(
-            _is_int(self.max_position_embeddings) and self.max_position_embeddings >= 2,
-            "max_position_embeddings",
-            "(l_max) must be an integer >= 2",
-        )
-        need(self.mixer in MIXERS, "mixer", f"must be one of {MIXERS}")
+            need_int(field)
+        need_int("max_position_embeddings", low=2)
+        need_choice("mixer", MIXERS)
         for field in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):
             value = getattr(self, field)
-            need(isinstance(value, (int, float)) and 0.0 <= value < 1.0, field, "must be a probability in [0, 1)")
-        need(isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0, "layer_norm_epsilon", "must be > 0")
-        need(isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0, "initializer_range", "must be > 0")
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                fail(field, "must be a probability in [0, 1)")
+        need_positive("layer_norm_epsilon")
+        need_positive("initializer_range")
         if self.mixer in ("hyena_rtf", "hyena"):
-            need(_is_int(self.hyena_order) and self.hyena_order >= 2, "hyena_order", "must be an integer >= 2")
-            need(_is_int(self.short_filter_order) and self.short_filter_order >= 1, "short_filter_order", "must be an integer >= 1")
-            need(
-                self.output_rank is None or (_is_int(self.output_rank) and self.output_rank >= 1),
-                "output_rank",
-                "must be None (Linear(D, D) output) or an integer >= 1",
-            )
+            need_int("hyena_order", low=2)
+            need_int("short_filter_order")
+            if self.output_rank is not None:
+                need_int("output_rank")
         if self.mixer == "hyena_rtf":
-            need(
-                _is_int(self.state_size) and 1 <= self.state_size < self.max_position_embeddings,
-                "state_size",
-                f"must be an integer in [1, max_position_embeddings={self.max_position_embeddings})",
-            )
-            need(
-                self.rtf_num_a is None
-                or (_is_int(self.rtf_num_a) and self.rtf_num_a >= 1 and self.hidden_size % self.rtf_num_a == 0),
-                "rtf_num_a",
-                f"must be None or a divisor of hidden_size={self.hidden_size}",
-            )
-            need(self.rtf_init in _RTF_INITS, "rtf_init", f"must be one of {_RTF_INITS}")
-            need(self.rtf_constraint in _RTF_CONSTRAINTS, "rtf_constraint", f"must be one of {_RTF_CONSTRAINTS}")
+            need_int("state_size")
+            if self.state_size >= self.max_position_embeddings:
+                fail("state_size", f"must be smaller than max_position_embeddings={self.max_position_embeddings}")
+            if self.rtf_num_a is not None:
+                need_int("rtf_num_a")
+                if self.hidden_size % self.rtf_num_a:
+                    fail("rtf_num_a", f"must be None or a divisor of hidden_size={self.hidden_size}")
+            need_choice("rtf_init", _RTF_INITS)
+            need_choice("rtf_constraint", _RTF_CONSTRAINTS)
         if self.mixer == "hyena":
-            need(_is_int(self.implicit_filter_order) and self.implicit_filter_order >= 1, "implicit_filter_order", "must be an integer >= 1")
-            need(
-                _is_int(self.implicit_emb_dim) and self.implicit_emb_dim >= 3 and self.implicit_emb_dim % 2 == 1,
-                "implicit_emb_dim",
-                "must be an odd integer >= 3",
-            )
+            need_int("implicit_filter_order")
+            need_int("implicit_emb_dim", low=3)
+            if self.implicit_emb_dim % 2 == 0:
+                fail("implicit_emb_dim", "must be odd (time plus sine/cosine pairs)")
         if self.mixer == "attention":
-            need(
-                _is_int(self.num_attention_heads) and self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads == 0,
-                "num_attention_heads",
-                f"must be an integer >= 1 dividing hidden_size={self.hidden_size}",
-            )
-            need(self.position_embedding_type in _POSITION_TYPES, "position_embedding_type", f"must be one of {_POSITION_TYPES}")
-            if self.position_embedding_type == "rotary":
-                need(
-                    (self.hidden_size // self.num_attention_heads) % 2 == 0,
-                    "num_attention_heads",
-                    "must leave an even head size (hidden_size / num_attention_heads) for rotary positions",
-                )
-            need(isinstance(self.rotary_base, (int, float)) and self.rotary_base > 1, "rotary_base", "must be > 1")
+            need_int("num_attention_heads")
+            if self.hidden_size % self.num_attention_heads:
+                fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
+            need_choice("position_embedding_type", _POSITION_TYPES)
+            if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
+                fail("num_attention_heads", "must leave an even head size (hidden_size / heads) for rotary")
+            need_positive("rotary_base")

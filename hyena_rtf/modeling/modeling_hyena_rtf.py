@@ -20,6 +20,11 @@ Decoding (``use_cache=True``, which ``generate`` passes):
 - ``hyena`` (implicit filters, no finite state): a :class:`~.cache.RecomputeCache`; every new
   token re-runs the whole parallel model over the last l_max positions. Slow by construction:
   the baseline that recurrent decoding is measured against.
+The caches are classes of this package (``_supports_default_dynamic_cache`` returns False, so
+``generate`` leaves cache creation to ``forward``) rather than transformers' ``LinearAttentionLayer``:
+the three mixers need three kinds of state, one code path serves ``generate`` and direct calls
+alike, and ``generate`` cannot continue from a cache made only of linear-attention layers (its
+``get_seq_length`` raises there).
 Left-padded batches are exact for every mixer: attention masks padded keys; Hyena mixers prefill
 each group of rows from its first real token (a padded position would otherwise leak into the
 recurrent state). Padding elsewhere than on the left is ignored by the Hyena mixers, which is
@@ -320,7 +325,8 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         B, T = x.shape[:2]
-        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T):
+        bad_mask = attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B)
+        if bad_mask or (attention_mask is not None and attention_mask.shape[1] < T):
             raise ValueError(f"attention_mask must have shape (B={B}, >= T={T}), got {tuple(attention_mask.shape)}")
         cache = past_key_values
         if cache is None and use_cache:
@@ -341,7 +347,7 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
             if not isinstance(cache, RecomputeCache):
                 raise ValueError(f"mixer 'hyena' needs a RecomputeCache in past_key_values, got {type(cache).__name__}")
             if collect:
-                raise ValueError("output_hidden_states is not available in the recompute decoding mode of mixer 'hyena'")
+                raise ValueError("output_hidden_states is not available in mixer 'hyena' recompute decoding")
             h, hiddens = self._forward_recompute(x, real, cache, logits_to_keep), None
         return BaseModelOutputWithPast(
             last_hidden_state=h, past_key_values=cache, hidden_states=tuple(hiddens) if collect else None
@@ -352,13 +358,16 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         if T > l_max:
             hint = "pass use_cache=True to run it recurrently" if self.config.mixer == "hyena_rtf" else "split it"
             raise ValueError(
-                f"sequence length {T} exceeds max_position_embeddings={l_max}, the filter length of parallel mode; {hint}"
+                f"sequence length {T} exceeds max_position_embeddings={l_max}, "
+                f"the filter length of parallel mode; {hint}"
             )
 
     def _forward_attention(self, x, attention_mask, position_ids, cache, collect):
         B, T = x.shape[:2]
         if cache is not None and not isinstance(cache, Cache):
-            raise ValueError(f"mixer 'attention' needs a transformers Cache in past_key_values, got {type(cache).__name__}")
+            raise ValueError(
+                f"mixer 'attention' needs a transformers Cache in past_key_values, got {type(cache).__name__}"
+            )
         past = 0 if cache is None else cache.get_seq_length()
         pad = None
         if attention_mask is not None and not bool(attention_mask.all()):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fftconv import fft_conv, polymul
+from .fftconv import fft_conv, fft_size, polymul
 
 __all__ = ["RTF", "inverse_impulse_response"]
 
@@ -53,6 +53,57 @@ def inverse_impulse_response(den: Tensor, n: int) -> Tensor:
     for s in range(N + 1, N + n):
         g[:, s] = -(a_rev * g[:, s - N : s]).sum(-1)
     return g[:, N:]
+
+
+def _spectra(b: Tensor, a: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Spectra on the n-th roots of unity: numerators (R, group, n//2+1) and 1/A (R, 1, n//2+1)."""
+    R, N = a.shape
+    coef = torch.zeros(b.shape[0] + R, N + 1, dtype=b.dtype, device=b.device)  # one rFFT for all rows
+    coef[: b.shape[0], 1:] = b  # strictly proper: b_0 = 0
+    coef[b.shape[0] :, 0] = 1.0  # monic denominators
+    coef[b.shape[0] :, 1:] = a
+    spec = torch.fft.rfft(coef, n=n)  # (ndir*D + R, n//2+1)
+    num_f = spec[: b.shape[0]].view(R, -1, spec.shape[-1])  # (R, group, n//2+1)
+    inv_den_f = spec[b.shape[0] :].reciprocal().unsqueeze(1)  # (R, 1, n//2+1)
+    return num_f, inv_den_f
+
+
+class _RationalKernel(torch.autograd.Function):
+    """First L taps of irFFT_n(B(z) / A(z)) plus h0 on tap 0, with a hand-written backward.
+
+    Autograd through this chain spends most of its time in complex divisions and in the backward
+    of ``rfft`` (a full-length complex FFT of a zero-padded gradient). The adjoint is simpler: the
+    kernel is the circular convolution of b with the impulse response of 1/A, so the gradient
+    w.r.t. b is the correlation of the kernel gradient with that response, i.e. an irFFT of
+    rFFT(grad) * conj(1/A); the gradient w.r.t. a follows from d(B/A)/dA = -(B/A) / A.
+    """
+
+    @staticmethod
+    def forward(ctx, b: Tensor, a: Tensor, h0: Tensor, n: int, L: int) -> Tensor:
+        num_f, inv_den_f = _spectra(b, a, n)  # (R, group, F), (R, 1, F)
+        spec = num_f * inv_den_f  # (R, group, F)
+        k = torch.fft.irfft(spec.view(b.shape[0], -1), n=n)[:, :L]  # (ndir*D, L)
+        # h0 is a flat spectrum, i.e. a delta at tap 0: add it in time, not to every bin.
+        k[:, 0] += h0
+        ctx.save_for_backward(b, a, spec, inv_den_f)
+        ctx.n = n
+        return k
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        b, a, spec, inv_den_f = ctx.saved_tensors
+        n, N = ctx.n, a.shape[1]
+        if torch.is_grad_enabled():
+            # create_graph: the saved spectra carry no graph; rebuild them from the parameters so
+            # that this backward is itself differentiable.
+            num_f, inv_den_f = _spectra(b, a, n)
+            spec = num_f * inv_den_f
+        g_f = torch.fft.rfft(grad, n=n).view(spec.shape)  # (R, group, F)
+        q = g_f * inv_den_f.conj()  # (R, group, F): correlation with the response of 1/A
+        grad_b = torch.fft.irfft(q.view(b.shape[0], -1), n=n)[:, 1 : N + 1]  # (ndir*D, N)
+        grad_den_f = (q * spec.conj()).sum(1)  # (R, F), up to the sign
+        grad_a = -torch.fft.irfft(grad_den_f, n=n)[:, 1 : N + 1]  # (R, N)
+        return grad_b, grad_a, grad[:, 0], None, None
 
 
 class RTF(nn.Module):
@@ -153,19 +204,9 @@ class RTF(nn.Module):
 
     def _kernel_all(self, L: int, dtype: torch.dtype) -> Tensor:
         """Kernels of every direction, (ndir * d_model, L), computed state-free in ``dtype``."""
-        n = self.l_max
-        group = self.d_model // self.num_a
         with torch.autocast(device_type=self.b.device.type, enabled=False):
             a = self.denominator().to(dtype)  # (R, N) with R = ndir*num_a
-            ones = torch.ones(a.shape[0], 1, dtype=dtype, device=a.device)
-            den_f = torch.fft.rfft(torch.cat([ones, a], -1), n=n)  # (R, n//2+1)
-            num = F.pad(self.b.to(dtype), (1, 0))  # (ndir*D, N+1), strictly proper
-            num_f = torch.fft.rfft(num, n=n).view(a.shape[0], group, -1)  # (R, group, n//2+1)
-            spec = (num_f / den_f.unsqueeze(1)).reshape(num.shape[0], -1)  # (ndir*D, n//2+1)
-            k = torch.fft.irfft(spec, n=n)[:, :L]  # (ndir*D, L)
-            # h0 is a flat spectrum, i.e. a delta at tap 0: add it in time, not to every bin.
-            k = torch.cat([k[:, :1] + self.h0.to(dtype).unsqueeze(-1), k[:, 1:]], -1)
-        return k
+            return _RationalKernel.apply(self.b.to(dtype), a, self.h0.to(dtype), self.l_max, L)
 
     def kernel(self, L: Optional[int] = None) -> Tensor:
         """Time-domain kernel (d_model, L) (causal taps; tap 0 includes the feed-through).
@@ -275,7 +316,6 @@ class RTF(nn.Module):
         N = self.state_size
         rec = self._recurrence(state.dtype)
         x = state  # (B, D, N); x[..., j] = w_{-1-j}
-        uu = u.to(state.dtype)
         # The history acts on the future only through w_{-1..-N}. It is equivalent to an extra
         # input e_t = -sum_{k>t} a_k w_{t-k} (t < N), plus a direct output term
         # f_t = sum_{k>t} c_k w_{t-k}. Both are correlations of x with a and c: one short FFT each.
@@ -283,15 +323,19 @@ class RTF(nn.Module):
         e = -polymul(rec["a"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
         f = polymul(rec["c"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
         m = min(N, T)
-        e_t = F.pad(e[..., :m].transpose(1, 2), (0, 0, 0, T - m))  # (B, T, D)
-        f_t = F.pad(f[..., :m].transpose(1, 2), (0, 0, 0, T - m))  # (B, T, D)
-        drive = uu + e_t
         k = self.kernel(T).to(state.dtype)  # (D, T), the same taps forward() uses
-        y = fft_conv(drive, k) - rec["d"] * e_t + f_t  # (B, T, D)
-        w = fft_conv(drive, rec["g"][:, :T])  # (B, T, D): w = (u + e) / A(z)
-        w_last = w[:, T - m :].flip(1).transpose(1, 2)  # (B, D, m): w_{T-1}, ..., w_{T-m}
+        n = fft_size(2 * T - 1)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            # Both convolutions (output and state) filter the same drive u + e: one shared rFFT.
+            drive = u.to(state.dtype).transpose(1, 2).clone()  # (B, D, T), channel-first for the FFT
+            drive[..., :m] += e[..., :m]
+            drive_f = torch.fft.rfft(drive, n=n)  # (B, D, n//2+1)
+            y = torch.fft.irfft(drive_f * torch.fft.rfft(k, n=n), n=n)[..., :T]  # (B, D, T)
+            y[..., :m] += f[..., :m] - rec["d"].unsqueeze(-1) * e[..., :m]
+            w = torch.fft.irfft(drive_f * torch.fft.rfft(rec["g"][:, :T], n=n), n=n)  # w = drive / A(z)
+        w_last = w[..., T - m : T].flip(-1)  # (B, D, m): w_{T-1}, ..., w_{T-m}
         new_state = torch.cat([w_last, x[..., : N - m]], -1)  # (B, D, N)
-        return y.to(u.dtype), new_state
+        return y.transpose(1, 2).to(u.dtype), new_state
 
     # ------------------------------------------------------------------ transfer functions
     def to_transfer_function(self) -> tuple[Tensor, Tensor]:

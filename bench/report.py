@@ -1,0 +1,144 @@
+"""Markdown output of the benchmarks: tables, a machine header, and the report file layout.
+
+Benchmarks keep raw numbers in their tables (floats and ints, with the unit in the column name);
+formatting happens only here, so tests can check the numbers and readers get aligned text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+__all__ = ["Table", "Report", "machine_info", "header", "fmt_cell"]
+
+Cell = Union[str, int, float, None]
+
+
+def fmt_cell(value: Cell) -> str:
+    """Strings as they are, ints with separators, floats with 3 significant digits, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isfinite(value) and abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+@dataclass
+class Table:
+    """A titled table: ``rows`` hold raw cells in the order of ``headers``; ``notes`` follow it."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells: Cell) -> None:
+        if len(cells) != len(self.headers):
+            raise ValueError(f"row has {len(cells)} cells, table {self.title!r} has {len(self.headers)} columns")
+        self.rows.append(list(cells))
+
+    def column(self, name: str) -> list[Cell]:
+        return [row[self.headers.index(name)] for row in self.rows]
+
+    def to_markdown(self) -> str:
+        text = [[fmt_cell(c) for c in row] for row in self.rows]
+        widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(self.headers)]
+        # Numbers right-aligned, text left-aligned (decided from the first filled cell of a column).
+        numeric = []
+        for i in range(len(self.headers)):
+            filled = [row[i] for row in self.rows if row[i] is not None]
+            numeric.append(bool(filled) and isinstance(filled[0], (int, float)) and not isinstance(filled[0], bool))
+        line = lambda cells: "| " + " | ".join(  # noqa: E731
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)
+        ) + " |"
+        rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+        out = [f"### {self.title}", "", line(self.headers), rule] + [line(r) for r in text]
+        if self.notes:
+            out += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+
+@dataclass
+class Report:
+    """What one benchmark produced: prose and tables in order, plus the plot files it wrote."""
+
+    name: str
+    title: str
+    parts: list[Union[str, Table]] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+    def table(self, title: str) -> Table:
+        for part in self.parts:
+            if isinstance(part, Table) and part.title == title:
+                return part
+        raise KeyError(f"no table titled {title!r} in report {self.name!r}")
+
+    def to_markdown(self, head: str = "") -> str:
+        out = [f"# {self.title}", ""]
+        if head:
+            out += [head, ""]
+        for part in self.parts:
+            out += [part.to_markdown() if isinstance(part, Table) else part, ""]
+        for plot in self.plots:
+            out += [f"![{plot.stem}]({plot.name})", ""]
+        return "\n".join(out).rstrip() + "\n"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def machine_info(device: Optional[torch.device] = None) -> dict[str, str]:
+    """Facts that change benchmark numbers: hardware, threads, versions, allocator settings."""
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        "gpu": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "none used",
+        "versions": f"python {platform.python_version()}, torch {torch.__version__}",
+        "git": _git_revision(),
+    }
+    # The C allocator decides whether big temporaries cost page faults on CPU; record any tuning.
+    tuned = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+    info["allocator"] = ", ".join(f"{k}={v}" for k, v in sorted(tuned.items())) or "default (glibc)"
+    return info
+
+
+def header(device: Optional[torch.device] = None, command: Optional[str] = None) -> str:
+    """Markdown bullet list describing the machine and the software."""
+    info = machine_info(device)
+    if command is None:
+        command = "python -m bench " + " ".join(sys.argv[1:])
+    lines = [f"- {k}: {v}" for k, v in info.items()] + [f"- command: `{command.strip()}`"]
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Timing and peak-memory measurement shared by every benchmark.
+
+Times are wall-clock medians over repeats after warm-up, with the inter-quartile range as the
+spread. On CUDA every measured call is bracketed by ``torch.cuda.synchronize``. Variants that a
+table compares are timed *interleaved* (A, B, C, A, B, C, ...), so that slow drifts of a shared
+machine (frequency, other tenants) hit all of them alike and their ratio stays meaningful.
+
+Peak memory is the largest amount of memory the call allocates on top of what was allocated
+before it:
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
+- CPU: torch has no allocator statistics for host memory, and ``tracemalloc`` does not see tensor
+  storage. We record the profiler's allocation events (``profile_memory=True``: one event per
+  allocation and per free of the torch CPU allocator, with its size) and take the maximum of
+  their running sum in time order. :func:`check_cpu_peak_memory` verifies this on a known
+  allocation pattern. It counts tensor memory only, not the Python heap, MKL's internal buffers
+  or pages the C allocator keeps after a free.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional
+
+import torch
+from torch._C._autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["Timing", "compare", "time_fn", "peak_memory", "check_cpu_peak_memory", "synchronize"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated wall-clock measurements, in seconds."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    repeats: int
+
+    @classmethod
+    def from_samples(cls, samples: list[float]) -> "Timing":
+        if not samples:
+            raise ValueError("samples must not be empty")
+        if len(samples) >= 2:
+            q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        else:
+            q1 = q3 = samples[0]
+        return cls(statistics.median(samples), q1, q3, min(samples), max(samples), len(samples))
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for queued kernels on ``device`` (no-op on CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compare(
+    fns: dict[Hashable, Callable[[], object]],
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+    inner: int = 1,
+    device: torch.device | str | None = None,
+) -> dict[Hashable, Timing]:
+    """Time every callable in ``fns``, interleaved, and return one :class:`Timing` per name.
+
+    ``inner`` calls are made per sample (use it for calls far below a millisecond); the reported
+    times are per call.
+    """
+    if repeats < 1 or warmup < 0 or inner < 1:
+        raise ValueError("repeats and inner must be >= 1 and warmup >= 0")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    samples: dict[Hashable, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: Timing.from_samples(s) for name, s in samples.items()}
+
+
+def time_fn(fn: Callable[[], object], **kwargs) -> Timing:
+    """Time one callable (see :func:`compare` for the keyword arguments)."""
+    return compare({"fn": fn}, **kwargs)["fn"]
+
+
+def _cpu_peak_from_profiler(prof: profile) -> int:
+    # The raw event list is the only place where every allocation keeps its own size and time
+    # (the aggregated tables attribute memory to operators); it is not a public API, hence the check.
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        fn()
+        synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev) - before
+    if dev.type != "cpu":
+        raise ValueError(f"peak_memory supports cpu and cuda devices, got {dev}")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return _cpu_peak_from_profiler(prof)
+
+
+def check_cpu_peak_memory() -> Optional[str]:
+    """Verify the CPU method on a known pattern; return None if it is right, else a message.
+
+    Allocates 40 MB and 20 MB, frees the 40 MB, allocates 10 MB: the peak is exactly 60 MB
+    (fp32 tensors of 10M, 5M and 2.5M elements), whatever was allocated before.
+    """
+    keep = torch.empty(3_000_000)  # allocated before the call: must not count
+
+    def pattern():
+        a = torch.empty(10_000_000)
+        b = torch.empty(5_000_000)
+        del a
+        c = torch.empty(2_500_000)
+        return b, c
+
+    got = peak_memory(pattern, "cpu")
+    del keep
+    expected = 60_000_000
+    return None if got == expected else f"CPU peak memory measured {got} bytes, expected {expected}"

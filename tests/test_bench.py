@@ -1,0 +1,155 @@
+"""Benchmark suite: the tiny mode runs end to end, its baselines compute the same functions, and
+the CPU peak-memory method is right."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bench import baselines
+from bench.__main__ import main
+from bench.rtf import run
+from bench.report import Table
+from bench.timing import Timing, check_cpu_peak_memory, compare, peak_memory
+from hyena_rtf.modeling.fftconv import fft_conv
+from hyena_rtf.modeling.hyena import HyenaOperator
+from hyena_rtf.modeling.rtf import RTF
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def numbers(table: Table, column: str) -> list[float]:
+    return [v for v in table.column(column) if v is not None]
+
+
+def test_rtf_bench_smoke_mode_tables(tmp_path):
+    torch.manual_seed(0)
+    report = run("smoke", torch.device("cpu"), tmp_path)
+    titles = [p.title for p in report.parts if isinstance(p, Table)]
+    assert len(titles) == 7, titles
+
+    kernel = report.parts[0]
+    assert kernel.column("N") == [4, 16]
+    for col in ("RTF ms", "RTF peak MB", "RTF reference ms", "S4D ms", "S4D / RTF"):
+        vals = numbers(kernel, col)
+        assert len(vals) == 2 and all(math.isfinite(v) and v > 0 for v in vals), (col, vals)
+
+    layer = report.table("2. Layer speed, optimized vs reference (B=1, L=32, D=16, N=4)")
+    assert layer.column("case") == [
+        "RTF kernel fwd+bwd", "FFT long conv fwd+bwd", "RTF layer fwd+bwd", "RTF layer fwd (no grad)",
+        "Hyena operator fwd+bwd",
+    ]
+    for col in ("reference ms", "optimized ms", "speedup", "ref peak MB", "opt peak MB"):
+        assert all(math.isfinite(v) and v > 0 for v in numbers(layer, col)), col
+    assert len(numbers(layer, "tokens/s")) == 3
+
+    step = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("3."))
+    assert step.column("position") == [10, 100]
+    assert len(set(step.column("RTF state bytes"))) == 1  # independent of the position
+    assert step.column("RTF state bytes")[0] == 1 * 16 * 4 * 4  # B*D*N fp32
+
+    prefill = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("4."))
+    assert prefill.column("/ forward")[0] == 1.0 and all(v > 0 for v in prefill.column("ms"))
+
+    md = report.to_markdown()
+    assert "| RTF layer fwd+bwd" in md and "nan" not in md.lower()
+    assert (tmp_path / "rtf_kernel.png").stat().st_size > 1000
+
+
+def test_cli_writes_report(tmp_path, capsys):
+    assert main(["rtf", "--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    text = (tmp_path / "rtf.md").read_text()
+    assert text.startswith("# RTF filter and Hyena operator")
+    assert "- git:" in text and "- cpu:" in text and "mode: smoke" in text
+    assert "RTF layer fwd+bwd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["no-such-bench", "--smoke", "--out", str(tmp_path)])
+
+
+def test_reference_paths_compute_the_same_functions():
+    torch.manual_seed(0)
+    f = RTF(12, 6, 40, num_a=4).double()
+    u = torch.randn(2, 33, 12, dtype=torch.float64, requires_grad=True)
+    params = list(f.parameters())
+    y, y_ref = f(u), baselines.reference_forward(f, u)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [u] + params, g), torch.autograd.grad(y_ref, [u] + params, g)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    with torch.no_grad():
+        x = torch.randn(2, 40, 12, dtype=torch.float64)
+        (y1, s1), (y2, s2) = f.prefill(x), baselines.reference_prefill(f, x)
+        torch.testing.assert_close(y1, y2, atol=1e-10, rtol=0)
+        torch.testing.assert_close(s1, s2, atol=1e-10, rtol=0)
+        op = HyenaOperator(12, 40, filter_kwargs={"state_size": 6}).double()
+        torch.testing.assert_close(op(x), baselines.reference_hyena_forward(op, x), atol=1e-10, rtol=0)
+        k = torch.randn(12, 40, dtype=torch.float64)
+        torch.testing.assert_close(fft_conv(x, k), baselines.reference_fft_conv(x, k), atol=1e-10, rtol=0)
+
+
+def test_s4d_kernel_matches_the_recurrence():
+    """The Vandermonde kernel equals the impulse response of the diagonal recurrence."""
+    torch.manual_seed(0)
+    m = baselines.S4DKernel(3, 8)
+    L = 20
+    with torch.no_grad():
+        k = m.kernel(L)
+        dt = m.log_dt.exp().unsqueeze(-1)
+        a = torch.complex(-m.log_neg_a_real.exp(), m.a_imag) * dt  # (D, M)
+        bb = torch.view_as_complex(m.b) * dt
+        c = torch.view_as_complex(m.c)
+        x = bb.clone()  # state after the impulse at t = 0
+        for t in range(L):
+            assert torch.allclose(k[:, t], 2 * (c * x).sum(-1).real, atol=1e-5)
+            x = torch.exp(a) * x
+    assert m.vandermonde_bytes(L) == 3 * 4 * L * 8
+
+
+def test_cpu_peak_memory_is_exact_on_a_known_pattern():
+    assert check_cpu_peak_memory() is None
+
+
+def test_cpu_peak_memory_agrees_with_the_resident_set():
+    """Independent check: with every large allocation served by mmap, the process' resident-set
+    high-water mark rises by what torch allocates (plus small change)."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from bench.timing import peak_memory
+        from hyena_rtf.modeling.fftconv import fft_conv
+
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+
+        u = torch.randn(2, 512, 256, requires_grad=True)
+        k = torch.randn(256, 512, requires_grad=True)
+        run = lambda: torch.autograd.grad(fft_conv(u, k), (u, k), torch.ones(2, 512, 256))
+        run()
+        profiled = peak_memory(run)
+        base = status("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
+        run()
+        print(profiled, status("VmHWM") - base)
+        """
+    )
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    profiled, rss = map(int, out.stdout.split())
+    assert profiled > 4_000_000
+    assert abs(rss - profiled) < 0.1 * profiled + 1_000_000, (profiled, rss)
+
+
+def test_timing_summary_and_interleaving():
+    t = Timing.from_samples([3.0, 1.0, 2.0, 4.0, 100.0])
+    assert (t.median, t.min, t.max, t.repeats) == (3.0, 1.0, 100.0, 5)
+    assert t.q1 == 2.0 and t.q3 == 4.0
+    calls = []
+    res = compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]
+    assert set(res) == {"a", "b"} and all(r.repeats == 3 and r.median >= 0 for r in res.values())
+    assert peak_memory(lambda: torch.empty(1000)) == 4000

@@ -8,14 +8,49 @@ from typing import Optional
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from .corpus import SPLITS, Corpus, load_corpus
 from .data import TokenChunks, cache_key, open_tokens, prepare_cache
 from .errors import UserError
 from .tokenization import load_tokenizer
 
-__all__ = ["LMDataModule"]
+__all__ = ["LMDataModule", "ResumableSampler"]
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffles with a permutation that depends only on (seed, epoch), and can start mid-epoch.
+
+    Resuming a run from a checkpoint taken after k batches of an epoch skips exactly the samples
+    those batches used, so the resumed run sees the same batches as an uninterrupted one.
+    Under DDP each rank takes every world_size-th index of the same permutation. (It subclasses
+    DistributedSampler only so that Lightning keeps it instead of wrapping it in another one.)
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):  # noqa: D107
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # a skip applies to the epoch it was saved in only
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        usable = self.n - self.n % self.world_size
+        return perm[self.rank : usable : self.world_size]
+
+    def __iter__(self):
+        indices = self._indices()[self.skip :]
+        self.skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return (self.n - self.n % self.world_size) // self.world_size - self.skip
 
 
 class LMDataModule(L.LightningDataModule):
@@ -35,6 +70,7 @@ class LMDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         cache_dir: where token caches are kept.
         add_eos: append <|endoftext|> at the end of each split.
+        seed: seed of the training-data order (one permutation per epoch, resumable mid-epoch).
     """
 
     def __init__(
@@ -54,6 +90,7 @@ class LMDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str = "data/cache",
         add_eos: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         if seq_len < 1 or batch_size < 1:
@@ -65,6 +102,7 @@ class LMDataModule(L.LightningDataModule):
         self._corpus: Optional[Corpus] = None
         self._tokenizer = None
         self.datasets: dict[str, TokenChunks] = {}
+        self._resume: Optional[dict] = None
 
     # ------------------------------------------------------------------ preparation
     @property
@@ -130,10 +168,39 @@ class LMDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
+            generator=self._loader_rng(),
         )
 
+    def _loader_rng(self) -> torch.Generator:
+        # Creating a loader iterator draws a worker seed; from its own generator it leaves the
+        # global RNG (dropout) untouched, so a resumed run draws the same dropout masks.
+        return torch.Generator().manual_seed(self.hparams.seed or 0)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        if "train" not in self.datasets:
+            raise UserError(f"no train data: corpus={self.hparams.corpus} has no train split configured")
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(self.datasets["train"]), seed=self.hparams.seed or 0, rank=rank, world_size=world)
+        if self._resume is not None:
+            sampler.epoch = self._resume["epoch"]
+            sampler.skip = self._resume["batches"] * self.batch_size
+            self._resume = None
+        return DataLoader(
+            self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=self._loader_rng(),
+        )
+
+    # Lightning stores this in checkpoints: the position in the training data.
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop.epoch_loop
+        return {"epoch": trainer.current_epoch, "batches": loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", False, self.eval_batch_size)

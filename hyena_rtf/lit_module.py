@@ -186,6 +186,10 @@ class HyenaLMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout masks continue exactly after a resume (data order is restored by the datamodule).
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
         # The tokenizer travels inside the checkpoint so evaluate/generate need nothing else.
         if self.tokenizer is not None:
             checkpoint["tokenizer_json"] = self.tokenizer.backend_tokenizer.to_str()
@@ -194,6 +198,11 @@ class HyenaLMModule(L.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng_state")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         if "tokenizer_json" in checkpoint:
             from .tokenization import tokenizer_from_json
 

@@ -79,7 +79,7 @@ class ImplicitFilter(nn.Module):
         angle = 2 * math.pi * torch.arange(l_max, **factory).unsqueeze(-1) / l_max  # (l_max, 1)
         z = torch.cat([t, torch.cos(freqs * angle), -torch.sin(freqs * angle)], -1)  # (l_max, emb_dim)
         self.pos_emb = nn.Parameter(z)
-        self.register_buffer("t", t, persistent=False)
+        self.register_buffer("t", t)
         layers = [nn.Linear(emb_dim, filter_order, **factory), _Sin(filter_order, w)]
         for _ in range(num_inner_mlps):
             layers += [nn.Linear(filter_order, filter_order, **factory), _Sin(filter_order, w)]
@@ -88,7 +88,7 @@ class ImplicitFilter(nn.Module):
         deltas = torch.linspace(
             math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct, d_model, **factory
         )
-        self.register_buffer("deltas", deltas.abs(), persistent=False)
+        self.register_buffer("deltas", deltas.abs())
         self.bias = nn.Parameter(torch.randn(d_model, **factory))  # skip term, lives on tap 0
         self.dropout = nn.Dropout(dropout)
 

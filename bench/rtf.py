@@ -39,7 +39,7 @@ TITLE = "RTF filter and Hyena operator"
 SIZES = {
     "full": dict(
         kernel=dict(D=256, L=4096, states=(4, 16, 64, 256, 1024, 2048), repeats=10, s4d_repeats=3, s4d_max_gb=6.0),
-        layer=dict(B=4, L=1024, D=768, N=64, repeats=10, hyena_repeats=5),
+        layer=dict(B=4, L=1024, D=768, N=64, repeats=10, hyena_repeats=7),
         step=dict(B=1, D=768, N=64, l_max=1024, positions=(100, 10_000), steps=200, repeats=7),
         prefill=dict(B=1, T=2048, D=768, N=64, repeats=10),
         fft=dict(rows=3072, lengths=(563, 1013, 1024), repeats=20),

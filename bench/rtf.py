@@ -38,14 +38,14 @@ TITLE = "RTF filter and Hyena operator"
 # sizes a 2-core CPU runs in about a minute; "smoke" only proves the code runs (tests).
 SIZES = {
     "full": dict(
-        kernel=dict(D=256, L=4096, states=(4, 16, 64, 256, 1024, 2048), repeats=10, s4d_repeats=3, s4d_max_gb=6.0),
+        kernel=dict(D=256, L=4096, states=(4, 16, 64, 256, 1024, 2048), repeats=20, s4d_repeats=3, s4d_max_gb=6.0),
         layer=dict(B=4, L=1024, D=768, N=64, repeats=10, hyena_repeats=7),
         step=dict(B=1, D=768, N=64, l_max=1024, positions=(100, 10_000), steps=200, repeats=15),
         prefill=dict(B=1, T=2048, D=768, N=64, repeats=10),
         fft=dict(rows=3072, lengths=(563, 1013, 1024), repeats=20),
     ),
     "quick": dict(
-        kernel=dict(D=64, L=1024, states=(4, 16, 64, 256, 512), repeats=5, s4d_repeats=2, s4d_max_gb=1.0),
+        kernel=dict(D=64, L=1024, states=(4, 16, 64, 256, 512), repeats=10, s4d_repeats=2, s4d_max_gb=1.0),
         layer=dict(B=1, L=1024, D=768, N=64, repeats=5, hyena_repeats=3),
         step=dict(B=1, D=768, N=64, l_max=1024, positions=(100, 10_000), steps=50, repeats=5),
         prefill=dict(B=1, T=2048, D=768, N=64, repeats=5),
@@ -104,12 +104,10 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
             f"S4D not run for N in {skipped}: its (D, N/2, L) Vandermonde matrix and the tensors the "
             f"backward keeps exceed the {cfg['s4d_max_gb']} GB budget of this mode."
         )
-    lo, hi = min(times), max(times)
+    lo, hi = (16 if 16 in times else min(times)), max(times)
     table.notes.append(
         f"State-free target: RTF at N={hi} within 1.25x of N={lo}: measured {times[hi] / times[lo]:.2f}x."
     )
-    if 16 in times and max(times) >= 2048:
-        table.notes.append(f"Issue target, N=2048 vs N=16: {times[2048] / times[16]:.2f}x (target <= 1.25x).")
     if ratios.get(256):
         table.notes.append(f"Issue target, RTF vs S4D at N=256: {ratios[256]:.0f}x faster (target >= 50x).")
     table.notes.append("RTF reference: the same kernel through autograd of rfft / complex division / irfft.")

@@ -3,6 +3,11 @@
 Each benchmark prints a markdown report and writes ``<out>/<name>.md`` (plus its plots). A
 benchmark is a module with ``TITLE`` and ``run(mode, device, out) -> Report``; add it to
 ``BENCHMARKS`` below.
+
+On a small machine shared with other work, OpenMP threads that spin-wait stall every parallel
+region while a neighbour holds a core (measured: a 1 ms kernel took 110 ms). Use ``--threads 1``
+or ``OMP_WAIT_POLICY=PASSIVE`` there; the report header records the thread count and the
+OpenMP/allocator environment.
 """
 
 from __future__ import annotations

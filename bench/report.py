@@ -128,10 +128,15 @@ def machine_info(device: Optional[torch.device] = None) -> dict[str, str]:
         "gpu": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "none used",
         "versions": f"python {platform.python_version()}, torch {torch.__version__}",
         "git": _git_revision(),
+        # Other processes on a small shared machine show up as noise (wide IQRs): keep the load.
+        "load average (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    # The C allocator decides whether big temporaries cost page faults on CPU; record any tuning.
+    # The C allocator decides whether big temporaries cost page faults on CPU, and the OpenMP wait
+    # policy whether a busy neighbour stalls every parallel region: record any tuning.
     tuned = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
     info["allocator"] = ", ".join(f"{k}={v}" for k, v in sorted(tuned.items())) or "default (glibc)"
+    omp = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "KMP_"))}
+    info["openmp"] = ", ".join(f"{k}={v}" for k, v in sorted(omp.items())) or "defaults"
     return info
 
 

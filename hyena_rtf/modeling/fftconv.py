@@ -52,8 +52,8 @@ class _CausalFFTConv(torch.autograd.Function):
     The backward is written by hand: autograd through ``rfft`` pads the incoming gradient to a full
     complex spectrum and runs a complex FFT of twice the size, which made the backward 7x slower
     than the forward. The adjoint of a causal convolution is a correlation with the same kernel,
-    i.e. a product with the conjugate spectrum, so the backward costs the same FFTs as the forward.
-    Only the (real) inputs are saved, not their spectra: half the memory for one extra rFFT.
+    i.e. a product with the conjugate spectrum, so the backward reuses the forward's spectra and
+    needs one rFFT of the gradient and one irFFT per input gradient.
     """
 
     @staticmethod
@@ -62,25 +62,25 @@ class _CausalFFTConv(torch.autograd.Function):
         n = fft_size(2 * L - 1)  # >= 2L-1: the circular product never wraps onto t < L
         u_f = torch.fft.rfft(u, n=n)  # (B, D, n//2+1); any strides, the FFT reads them in place
         k_f = torch.fft.rfft(k, n=n)  # (D, n//2+1)
-        ctx.save_for_backward(u, k)
-        return torch.fft.irfft(u_f.mul_(k_f), n=n)[..., :L]  # (B, D, L), a view of (B, D, n)
+        # The spectra serve the backward; u and k only a backward that is itself differentiated.
+        ctx.save_for_backward(u_f, k_f, u, k)
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :L]  # (B, D, L), a view of (B, D, n)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        u, k = ctx.saved_tensors
+        u_f, k_f, u, k = ctx.saved_tensors
         L = u.shape[-1]
         n = fft_size(2 * L - 1)
-        # With create_graph the backward itself is differentiated: no in-place ops then.
-        inplace = not torch.is_grad_enabled()
+        create_graph = torch.is_grad_enabled()
+        if create_graph:
+            # The saved spectra carry no graph: rebuild them from the inputs, and no in-place ops.
+            u_f, k_f = torch.fft.rfft(u, n=n), torch.fft.rfft(k, n=n)
         g_f = torch.fft.rfft(grad, n=n)  # (B, D, n//2+1)
         grad_u = grad_k = None
         if ctx.needs_input_grad[1]:
-            u_f = torch.fft.rfft(u, n=n).conj()  # (B, D, n//2+1)
-            prod = u_f.mul_(g_f) if inplace else u_f * g_f
-            grad_k = torch.fft.irfft(prod.sum(0), n=n)[..., :L]  # (D, L): summed over the batch first
+            grad_k = torch.fft.irfft((g_f * u_f.conj()).sum(0), n=n)[..., :L]  # (D, L): batch summed first
         if ctx.needs_input_grad[0]:
-            k_f = torch.fft.rfft(k, n=n).conj()  # (D, n//2+1)
-            prod = g_f.mul_(k_f) if inplace else g_f * k_f
+            prod = g_f * k_f.conj() if create_graph else g_f.mul_(k_f.conj())
             grad_u = torch.fft.irfft(prod, n=n)[..., :L]  # (B, D, L)
         return grad_u, grad_k
 

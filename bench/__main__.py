@@ -20,11 +20,12 @@ from typing import Optional
 
 import torch
 
-from . import rtf
+from . import decode, rtf
 from .report import header
 
 BENCHMARKS = {
     "rtf": rtf,
+    "decode": decode,
 }
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads that spin stall every parallel region when the 2 cores are shared with other
+# processes (subprocess tests, a busy CI host); sleeping waiters cost nothing when they are not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HYENA_RTF_SHARED", ROOT.parent / "shared"))

@@ -138,6 +138,14 @@ class LMDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = TokenChunks(self.entry, split, self.seq_len)
 
+    def __getstate__(self):
+        # ddp_spawn and dataloader workers pickle the datamodule: the corpus reader is a closure and
+        # the tokenizer is cheap to reload, so both are rebuilt lazily on the other side.
+        state = dict(self.__dict__)
+        state["_corpus"] = None
+        state["_tokenizer"] = None
+        return state
+
     # ------------------------------------------------------------------ accessors
     @property
     def tokenizer(self):

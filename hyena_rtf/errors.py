@@ -16,7 +16,10 @@ class UserError(Exception):
 
 
 # Errors that come from bad input to our own code paths; anything else is a bug and keeps its traceback.
-_USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, UnicodeDecodeError)
+_USER_ERRORS = (
+    UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, UnicodeDecodeError,
+    FloatingPointError,  # nonfinite=stop: the run ends with its reason, checkpoints stay intact
+)
 
 
 def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:

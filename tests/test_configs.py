@@ -64,6 +64,19 @@ def test_gpu_trainer_configs_compose(name, tmp_path):
     cfg = compose_cfg("train", [f"trainer={name}"], tmp_path, return_hydra=False)
     assert cfg.trainer.accelerator == "gpu"
     OmegaConf.to_container(cfg.trainer, resolve=True)  # every interpolation resolves
+    if name == "fsdp":  # the strategy object itself builds without a GPU
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from hyena_rtf.modeling.blocks import Block
+
+        strategy = instantiate(cfg.trainer.strategy)
+        assert isinstance(strategy, FSDPStrategy)
+        assert Block in cfg_policy(strategy)
+
+
+def cfg_policy(strategy) -> set:
+    policy = strategy.kwargs.get("auto_wrap_policy")
+    return set(getattr(policy, "_module_classes", None) or getattr(policy, "module_classes", None) or policy)
 
 
 @pytest.mark.parametrize("name", [n for n in options("logger") if n != "many"] + ["many"])

@@ -106,7 +106,8 @@ def _files(train_path, validation_path, test_path) -> Corpus:
 
 
 def _wikitext(name: str, dataset_path: Optional[str], dataset_config: Optional[str], data_files) -> Corpus:
-    path = dataset_path or "wikitext"
+    # The canonical hub id (the bare "wikitext" name is a redirect to it).
+    path = dataset_path or "Salesforce/wikitext"
     config = dataset_config if dataset_config is not None else (_WIKITEXT_CONFIGS[name] if data_files is None else None)
 
     def reader(split: str) -> str:

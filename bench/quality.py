@@ -1,5 +1,11 @@
 """Perplexity at equal compute: hyena_rtf vs hyena vs attention on real text, plus RTF ablations.
 
+    python -m bench quality --quick --threads 1   # D=64, 2 layers, 400 steps: about 6-7 min on 2 cores
+    python -m bench quality --threads 1           # D=128, 4 layers, 1000 steps: estimated 1.5 h
+
+(The full-mode time is an estimate from the quick mode's cost per step and per evaluation, scaled
+by tokens and width; it has not been measured.)
+
 Every run trains the same small backbone for the same number of steps on the same tokens: the
 WikiText-2 *validation* text (``wiki.valid.raw``) as training data and the WikiText-2 *test*
 text (``wiki.test.raw``) for evaluation, with one byte-level BPE trained on the training text.

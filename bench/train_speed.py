@@ -1,5 +1,8 @@
 """LM training throughput of the three mixers on one backbone: tokens/s and peak memory vs length.
 
+    python -m bench train_speed --quick --threads 1   # tiny preset, L = 256..4096: about 10 s
+    python -m bench train_speed --threads 1           # small preset, L = 1024..16384: about 6 min
+
 One training step is forward, cross-entropy, backward and an AdamW step, batch 1, on sequences of
 length L with ``max_position_embeddings = L``. The three models are built from the same preset
 (``<mixer>-small``, or ``<mixer>-tiny`` in the quick and smoke modes) and differ only in the

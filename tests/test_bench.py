@@ -153,3 +153,98 @@ def test_timing_summary_and_interleaving():
     assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]
     assert set(res) == {"a", "b"} and all(r.repeats == 3 and r.median >= 0 for r in res.values())
     assert peak_memory(lambda: torch.empty(1000)) == 4000
+
+
+def test_new_benchmarks_are_registered():
+    from bench.__main__ import BENCHMARKS
+
+    assert {"train_speed", "quality"} <= set(BENCHMARKS)
+    for module in BENCHMARKS.values():
+        assert module.TITLE and callable(module.run)
+
+
+@pytest.mark.slow
+def test_train_speed_smoke_mode_tables(tmp_path):
+    from bench import train_speed
+
+    report = train_speed.run("smoke", torch.device("cpu"), tmp_path)
+    steps = report.parts[0]
+    assert steps.column("L") == [32, 32, 32, 64, 64, 64]
+    assert steps.column("mixer") == ["hyena_rtf", "hyena", "attention"] * 2
+    assert steps.column("status") == ["ok"] * 6
+    for L, ms, tps, mem in zip(steps.column("L"), steps.column("step ms"), steps.column("tokens/s"), steps.column("peak MB")):
+        assert math.isfinite(ms) and ms > 0 and mem > 0
+        assert tps == pytest.approx(L / (ms / 1e3))
+    # Identical backbones: the parameter counts differ only by the mixers' own weights.
+    params = steps.column("params")
+    assert max(params) < 1.2 * min(params)
+    ratios = report.parts[1]
+    assert ratios.column("L") == [32, 64]
+    assert all(math.isfinite(v) and v > 0 for col in ("hyena_rtf / attention", "hyena_rtf / hyena") for v in ratios.column(col))
+    assert (tmp_path / "train_speed.png").stat().st_size > 1000
+
+
+def test_train_speed_records_a_mixer_over_the_time_cap(tmp_path, monkeypatch):
+    from bench import train_speed
+
+    monkeypatch.setitem(train_speed.SIZES, "smoke", dict(train_speed.SIZES["smoke"], lengths=(16,), cap_s=0.0))
+    table = train_speed.run("smoke", torch.device("cpu"), tmp_path).parts[0]
+    assert len(table.rows) == 3
+    assert all(s.startswith("over time cap") for s in table.column("status"))
+    assert table.column("tokens/s") == [None] * 3
+    assert "over time cap" in table.to_markdown()
+
+
+def _fake_wikitext(root):
+    """Two small text files in the WikiText layout (random sentences over a fixed word list)."""
+    import random
+
+    rng = random.Random(0)
+    words = ("the of and a to in is was for on as with by he at from his an were are which this also be "
+             "has or had its first one their after new who they two her she been other when there all").split()
+    folder = root / "data" / "wikitext-2-raw"
+    folder.mkdir(parents=True)
+    for name, n in (("wiki.valid.raw", 300), ("wiki.test.raw", 100)):
+        lines = [f" = Title {i} = \n " + " ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) + " . \n"
+                 for i in range(n)]
+        (folder / name).write_text("".join(lines))
+    return root
+
+
+@pytest.mark.slow
+def test_quality_smoke_mode_tables(tmp_path, monkeypatch):
+    from bench import quality
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    report = quality.run("smoke", torch.device("cpu"), tmp_path)
+    vocab = quality.SIZES["smoke"]["vocab"]
+
+    mixers = report.table("1. Test perplexity by mixer (2 seeds each: mean ± std)")
+    assert mixers.column("mixer") == ["hyena_rtf", "hyena", "attention"]
+    for col in ("token ppl", "token ppl std", "word ppl", "word ppl std", "train s per run"):
+        assert all(v is not None and math.isfinite(v) and v >= 0 for v in mixers.column(col)), col
+    # A few steps barely move a model from uniform over the vocabulary, and never above it by much.
+    assert all(1 < p < 2 * vocab for p in mixers.column("token ppl"))
+    # Fewer words than tokens: the same total NLL spread over fewer units.
+    assert all(w > t for w, t in zip(mixers.column("word ppl"), mixers.column("token ppl")))
+
+    ablation = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
+    assert [(i, c) for i, c in zip(ablation.column("init"), ablation.column("constraint"))] == [
+        (i, c) for i in quality.INITS for c in quality.CONSTRAINTS
+    ]
+    assert all(math.isfinite(v) and v > 1 for v in ablation.column("token ppl"))
+    states = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("3."))
+    assert states.column("state size") == [4, 16, 64, 256]
+    assert all(math.isfinite(v) and v > 1 for v in states.column("token ppl"))
+    # The shared cell (xavier, l1_montel, N=64, seed 0) is the same run in tables 2 and 3.
+    shared = ablation.column("token ppl")[[(i, c) for i in quality.INITS for c in quality.CONSTRAINTS].index(("xavier", "l1_montel"))]
+    assert states.column("token ppl")[2] == shared
+    assert (tmp_path / "quality_curves.png").stat().st_size > 1000
+
+
+def test_quality_names_the_missing_data(tmp_path, monkeypatch):
+    from bench import quality
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="HYENA_RTF_SHARED"):
+        quality.find_shared()

@@ -147,8 +147,6 @@ def evaluate(cfg) -> EvalResult:
     ids = tokenize_text(tokenizer, text, d.get("add_eos", False), desc=f"tokenizing {cfg.split}")
     l_max = model.config.max_position_embeddings
     context = cfg.context or l_max
-    if context > l_max and model.config.mixer != "hyena_rtf":
-        raise UserError(f"context={context} exceeds the model's max_position_embeddings={l_max}")
     if context > l_max:
         raise UserError(f"context={context} exceeds l_max={l_max}: parallel scoring is limited to the kernel length")
     if not cfg.get("include_tail", True):

@@ -88,12 +88,8 @@ def test_evaluate_and_generate_bad_input(tmp_path):
     assert_one_line_error(run("generate.py", f"ckpt_path={good}", "prompt_ids=[5,99999]", cwd=tmp_path),
                           "outside the vocabulary")
     assert_one_line_error(run("generate.py", f"ckpt_path={good}", "prompt_ids=[]", cwd=tmp_path), "empty")
-    # Results are never overwritten unless asked.
-    out = tmp_path / "result.json"
-    out.write_text("{}")
-    wt = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+    # Exports are never overwritten unless asked.
     proc = run("export.py", f"ckpt_path={good}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run("export.py", f"ckpt_path={good}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
     assert_one_line_error(proc, "not empty")
-    del wt, out

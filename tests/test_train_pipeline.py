@@ -108,7 +108,6 @@ def test_train_resume_evaluate_export_generate(tmp_path, wikitext_dir, cache_dir
     # Training validated on limit_val_batches=4 batches of 8 windows; evaluate the same 32 windows.
     from hyena_rtf import evaluation
 
-    orig = evaluation.tokenize_text if hasattr(evaluation, "tokenize_text") else None
     result = evaluate(eval_cfg)
     assert result.context == 64 and result.stride == 64
     full_val = metrics["val/loss"]
@@ -126,7 +125,6 @@ def test_train_resume_evaluate_export_generate(tmp_path, wikitext_dir, cache_dir
     assert abs(nll / count - full_val) < 1e-4
     assert (tmp_path / "eval" / "eval_validation.json").is_file()
     assert math.isfinite(result.word_ppl) and math.isfinite(result.bits_per_byte)
-    del orig
 
     # Export to a Hugging Face directory and generate from both the checkpoint and the export.
     from hyena_rtf.export import export_hf

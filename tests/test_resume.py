@@ -17,7 +17,7 @@ import torch
 from helpers import ROOT, TINY_MODEL
 from hyena_rtf.checkpoints import load_checkpoint_dict
 
-MAX_STEPS = 40
+MAX_STEPS = 60
 
 
 def train_cmd(log_dir: Path, cache: Path, wikitext_dir: Path, *extra: str) -> list[str]:
@@ -63,7 +63,8 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path, wikitext_di
 
     log_dir = tmp_path / "crashy"
     rng = random.Random(0)
-    kills = sorted(rng.sample(range(6, MAX_STEPS - 6), 2))  # kill after these checkpointed steps
+    # Kill early enough that a fast machine cannot finish the run between two polls.
+    kills = sorted(rng.sample(range(6, MAX_STEPS // 2), 2))
     for attempt, kill_after in enumerate(kills):
         extra = ["ckpt_path=last"] if attempt else []
         proc = subprocess.Popen(train_cmd(log_dir, cache, wikitext_dir, *extra), env=env,

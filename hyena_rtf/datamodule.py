@@ -20,6 +20,18 @@ from .tokenization import load_tokenizer
 __all__ = ["LMDataModule", "ResumableSampler"]
 
 
+class _ResumableLoader(DataLoader):
+    """The training loader. Its position is saved by :meth:`LMDataModule.state_dict` (which knows
+    how many batches the trainer consumed, unlike the loader, which prefetches); these methods only
+    tell Lightning that the loader resumes mid-epoch correctly."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class ResumableSampler(DistributedSampler):
     """Shuffles with a permutation that depends only on (seed, epoch), and can start mid-epoch.
 
@@ -194,7 +206,7 @@ class LMDataModule(L.LightningDataModule):
             sampler.epoch = self._resume["epoch"]
             sampler.skip = self._resume["batches"] * self.batch_size
             self._resume = None
-        return DataLoader(
+        return _ResumableLoader(
             self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=self._loader_rng(),
         )

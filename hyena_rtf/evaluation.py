@@ -128,8 +128,9 @@ def evaluate(cfg) -> EvalResult:
     The split is tokenised with the checkpoint's own tokenizer; word and byte counts come from
     the raw text, so word ppl and bits per byte compare across tokenizers.
     """
+    from hydra.utils import instantiate
+
     from .checkpoints import load_for_inference
-    from .corpus import load_corpus
     from .data import text_stats, tokenize_text
     from .errors import UserError
 
@@ -139,12 +140,10 @@ def evaluate(cfg) -> EvalResult:
     model, tokenizer = load_for_inference(cfg.ckpt_path, device)
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
-    d = cfg.data
-    files = dict(d.data_files) if d.get("data_files") else None
-    corpus = load_corpus(d.corpus, d.get("train_path"), d.get("validation_path"), d.get("test_path"),
-                         d.get("dataset_path"), d.get("dataset_config"), files)
+    # The data config's own corpus (no token cache is built: the checkpoint's tokenizer is used).
+    corpus = instantiate(cfg.data).corpus
     text = corpus.text(cfg.split)
-    ids = tokenize_text(tokenizer, text, d.get("add_eos", False), desc=f"tokenizing {cfg.split}")
+    ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")
     l_max = model.config.max_position_embeddings
     context = cfg.context or l_max
     if context > l_max:

@@ -27,7 +27,25 @@ def _map_state(state: HyenaState, fn: Callable[[Tensor], Tensor]) -> HyenaState:
     return HyenaState(fn(state.short), tuple(fn(s) for s in state.long))
 
 
-class HyenaCache:
+class _BatchRows:
+    """Batch-row operations generate() calls on a cache (beam search, contrastive search), all
+    through the subclass's ``_apply(fn)`` over its tensors."""
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        raise NotImplementedError
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Keep batch rows ``beam_idx`` (in that order): what beam search needs."""
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+
+class HyenaCache(_BatchRows):
     """Recurrent state of a Hyena-RTF stack: one :class:`~.hyena.HyenaState` per layer.
 
     ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
@@ -51,16 +69,6 @@ class HyenaCache:
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         self.states = [None if s is None else _map_state(s, fn) for s in self.states]
 
-    def reorder_cache(self, beam_idx: Tensor) -> None:
-        """Keep batch rows ``beam_idx`` (in that order): what beam search needs."""
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        self._apply(lambda t: t[indices])
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
-
     def set_rows(self, rows: Tensor, part: list[HyenaState], batch_size: int) -> None:
         """Write the states of a sub-batch ``part`` (one per layer) into batch rows ``rows``."""
         for i, p in enumerate(part):
@@ -80,7 +88,7 @@ class HyenaCache:
         return total
 
 
-class RecomputeCache:
+class RecomputeCache(_BatchRows):
     """Input history of the implicit-filter baseline: the last ``window - 1`` embeddings.
 
     ``embeds`` (B, t, D) and ``real`` (B, t) (False on padding) with t < window. Decoding a token
@@ -117,15 +125,6 @@ class RecomputeCache:
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.embeds is not None:
             self.embeds, self.real = fn(self.embeds), fn(self.real)
-
-    def reorder_cache(self, beam_idx: Tensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        self._apply(lambda t: t[indices])
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def memory_bytes(self) -> int:
         if self.embeds is None:

@@ -15,7 +15,8 @@ Sections (each cell isolated: an OOM or error is recorded and the run goes on, s
 
 Writes ``gpu.json`` (raw numbers, rewritten after every cell) beside the markdown report, and ends
 the report with a summary of the targets. The run keeps a wall-clock budget (``BENCH_GPU_BUDGET_S``,
-default 420 s in full mode) and skips, with a note, what would not fit.
+default 400 s in full mode) and skips, with a note, what would not fit. ``BENCH_GPU_SECTIONS`` (a comma
+list of train, rtf, decode, compile) runs a subset, e.g. to repeat one that failed.
 
 Imports nothing from the training stack's configuration or data side (Hydra, OmegaConf, datasets,
 wandb), which the GPU image lacks; tests/test_gpu_bench.py runs it with those imports blocked.
@@ -46,9 +47,9 @@ TITLE = "The 125M recipes on one GPU: training step, RTF state size, decoding"
 
 SIZES = {
     "full": dict(
-        budget_s=420.0,
+        budget_s=400.0,
         train=dict(size="125m", lengths=(1024, 4096, 16384), tokens=32768, repeats=10, warmup=2, build_s=30.0,
-                   compile_s=90.0, compile_lengths=(4096, 16384, 1024)),
+                   compile_s=100.0, compile_lengths=(4096, 16384, 1024)),
         rtf=dict(D=768, L=4096, B=4, states=(16, 64, 256, 1024, 2048), repeats=20, estimate_s=30.0),
         decode=dict(size="125m", positions=(128, 1024, 4096, 16384), batches=(1, 16), repeats=10, inner=8,
                     build_s=30.0, prepare_s=20.0, timing_s=30.0),
@@ -208,13 +209,17 @@ def decode_table(cells: Cells) -> Table:
     return table
 
 
-def _verdict(value: Optional[float], ok: bool) -> str:
-    return "not measured" if value is None else ("met" if ok else "MISSED")
-
-
 def summary(cells: Cells, cfg: dict) -> Table:
-    """The targets of the issue, each with the measured value and whether it was met."""
+    """The targets of the issue, each with the measured value and whether it was met (full mode only:
+    the tiny sizes of the smoke mode say nothing about a target)."""
     table = Table("Summary: targets", ["target", "measured", "verdict"])
+    full = cells.meta.get("mode") == "full"
+
+    def _verdict(value: Optional[float], ok: bool) -> str:
+        if value is None:
+            return "not measured"
+        return ("met" if ok else "MISSED") if full else "(smoke: no verdict)"
+
     train = cells.results.get("train", [])
     for L, factor in ((4096, 1.0), (16384, 2.0)):
         for compiled in (False, True):
@@ -245,18 +250,27 @@ def summary(cells: Cells, cfg: dict) -> Table:
             v = last["ms_per_token"] / first["ms_per_token"] if first and last else None
             table.add(f"decode {variant}, batch {batch}: ms at {positions[-1]} / at {positions[0]} <= 1.2", v,
                       _verdict(v, v is not None and v <= 1.2))
-    if cells.meta.get("mode") != "full":
-        table.notes.append("Smoke mode: tiny sizes that only check that every cell runs; the verdicts mean nothing.")
+    if not full:
+        table.notes.append("Smoke mode: tiny sizes that only check that every cell runs; no verdicts.")
     failed = sum(len(_status_rows(rows)) for rows in cells.results.values())
     table.notes.append(f"{failed} cells not ok (OOM, error or skipped for the budget): see the status columns and gpu.json.")
     return table
 
 
+SECTIONS = ("train", "rtf", "decode", "compile")
+
+
 def run(mode: str, device: torch.device, out: Path, budget_s: Optional[float] = None,
-        sizes: Optional[dict] = None) -> Report:
-    """Run every section within the budget and return the report (``gpu.json`` is written to ``out``)."""
+        sizes: Optional[dict] = None, sections: Optional[list[str]] = None) -> Report:
+    """Run the ``sections`` (default: ``BENCH_GPU_SECTIONS``, a comma list, else all of ``SECTIONS``)
+    within the budget and return the report (``gpu.json`` is written to ``out``)."""
     if mode not in SIZES:
         raise ValueError(f"mode must be one of {sorted(SIZES)}, got {mode!r}")
+    if sections is None:
+        sections = [s for s in os.environ.get("BENCH_GPU_SECTIONS", "").split(",") if s] or list(SECTIONS)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     cfg = sizes or SIZES[mode]
     budget_s = budget_s or float(os.environ.get("BENCH_GPU_BUDGET_S") or cfg["budget_s"])
     peak_flops, peak_bw, peak_source = device_peaks(device)
@@ -265,15 +279,24 @@ def run(mode: str, device: torch.device, out: Path, budget_s: Optional[float] = 
     cells = Cells(Budget(budget_s), device, out / "gpu.json",
                   {"mode": mode, "budget_s": budget_s, "peak_flops": peak_flops, "peak_bw": peak_bw, **info})
     amp = torch.bfloat16
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (decoding) as trained
     started = time.perf_counter()
     torch.manual_seed(0)
-    for name, section in (("train (eager)", lambda: eager_pass(cells, cfg["train"], device, amp, peak_flops, peak_bw)),
-                          ("rtf", lambda: rtf_pass(cells, cfg["rtf"], device)),
-                          ("decode", lambda: decode_pass(cells, cfg["decode"], device, peak_bw)),
-                          ("train (compiled)", lambda: compile_pass(cells, cfg["train"], device, amp, peak_flops, peak_bw))):
-        cells.run("sections", lambda fn=section: fn() or {}, name=name)
+    passes = {
+        "train": lambda: eager_pass(cells, cfg["train"], device, amp, peak_flops, peak_bw),
+        "rtf": lambda: rtf_pass(cells, cfg["rtf"], device),
+        "decode": lambda: decode_pass(cells, cfg["decode"], device, peak_bw),
+        "compile": lambda: compile_pass(cells, cfg["train"], device, amp, peak_flops, peak_bw),
+    }
+    for name in [s for s in SECTIONS if s in sections]:  # always cheap and essential first
+        cells.run("sections", lambda fn=passes[name]: fn() or {}, name=name)
+        # A run killed from outside still leaves the tables of the sections it finished.
+        partial = _assemble(cells, cfg, info, device, peak_flops, peak_bw, peak_source, budget_s, started)
+        (out / "gpu.md").write_text(partial.to_markdown(f"- partial: written after section {name!r}"))
+    return _assemble(cells, cfg, info, device, peak_flops, peak_bw, peak_source, budget_s, started)
+
+
+def _assemble(cells: Cells, cfg: dict, info: dict, device: torch.device, peak_flops, peak_bw, peak_source: str,
+              budget_s: float, started: float) -> Report:
     report = Report("gpu", TITLE)
     report.parts.append("\n".join([
         f"- torch {info['torch']}, CUDA {info['cuda']}, device {info.get('device_name')}"
@@ -297,11 +320,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default: the mode's)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, help="subset to run (default: all)")
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
     device = torch.device(args.device)
     start = time.perf_counter()
-    report = run(mode, device, args.out, budget_s=args.budget_s)
+    report = run(mode, device, args.out, budget_s=args.budget_s, sections=args.sections)
     command = "python -m bench.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report.to_markdown(header(device, command) + f"\n- mode: {mode}, wall time {time.perf_counter() - start:.0f} s")
     (args.out / "gpu.md").write_text(text)

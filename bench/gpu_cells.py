@@ -102,7 +102,7 @@ class Cells:
             first_line = (str(err).splitlines() or [""])[0][:200]
             status = "OOM" if is_oom(err) else f"error: {type(err).__name__}: {first_line}"
             if not is_oom(err):
-                self.errors.append(f"{section} {fields}: {traceback.format_exc(limit=6)}")
+                self.errors.append(f"{section} {fields}: {status}\n{traceback.format_exc(limit=6)}")
             numbers = {}
             free_memory(self.device)  # only after a failure: a collection per cell would eat the budget
         else:

@@ -177,7 +177,7 @@ def compile_pass(cells: Cells, cfg: dict, device: torch.device, amp_dtype, peak_
                 info[mixer] = {"model": model, "opt": {False: opt_e, True: opt_c}, "step_s": eager_s}
                 return {"compile_s": max(first - eager_s, 0.0), "first_compiled_call_s": first}
 
-            estimate = max(seen) if seen else cfg["compile_s"]
+            estimate = 1.25 * max(seen) if seen else cfg["compile_s"]  # margin: compile cannot be interrupted
             rec = cells.run("compile", prepare, estimate_s=estimate + cfg["build_s"], mixer=mixer, L=L)
             if rec.get("compile_s") is not None:
                 seen.append(rec["compile_s"])

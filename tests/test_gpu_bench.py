@@ -185,14 +185,19 @@ def test_bench_compile_pass_on_cpu_keeps_budget(tmp_path):
 
     cfg = dict(size="tiny", tokens=64, repeats=2, warmup=1, build_s=1.0, compile_s=1.0, compile_lengths=(32,),
                overrides=dict(vocab_size=256))
-    cells = Cells(Budget(40.0), torch.device("cpu"), tmp_path / "gpu.json", {})
+    # A stopped clock: 3 s are always left, enough for the first estimate (1 s + 1 s to build), never
+    # for 1.25x a real compile time; so exactly one mixer compiles, on any machine.
+    cells = Cells(Budget(3.0, clock=lambda: 0.0), torch.device("cpu"), tmp_path / "gpu.json", {})
     compile_pass(cells, cfg, torch.device("cpu"), torch.bfloat16, None, None)
     comp = {r["mixer"]: r for r in cells.results["compile"]}
     assert comp["hyena_rtf"]["status"] == "ok" and comp["hyena_rtf"]["compile_s"] > 0
-    for r in comp.values():
-        assert r["status"] == "ok" or r["status"].startswith("skipped: budget"), r
+    for mixer in ("hyena", "attention"):
+        assert comp[mixer]["status"].startswith("skipped: budget"), comp[mixer]
     rows = {r["mixer"]: r for r in cells.results["train"]}
+    assert set(rows) == {"hyena_rtf", "hyena", "attention"}
     assert rows["hyena_rtf"]["status"] == "ok" and rows["hyena_rtf"]["speedup_vs_eager"] > 0
+    assert rows["hyena_rtf"]["step_ms"] > 0 and rows["hyena_rtf"]["eager_ms_same_loop"] > 0
+    assert rows["hyena"]["status"].startswith("skipped: budget")
 
 
 @pytest.mark.slow
@@ -203,8 +208,8 @@ def test_compile_true_trains_to_the_eager_losses(tmp_path):
     from hyena_rtf.lit_module import HyenaLMModule
 
     torch.manual_seed(0)
-    ids = torch.randint(0, 128, (8, 33))
-    batches = [{"input_ids": ids[i : i + 2, :-1], "targets": ids[i : i + 2, 1:]} for i in range(0, 8, 2)]
+    ids = torch.randint(0, 128, (2, 33))
+    batches = [{"input_ids": ids[:, :-1], "targets": ids[:, 1:]}] * 4  # one batch again: the loss must fall
     model_cfg = dict(mixer="hyena_rtf", vocab_size=128, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
                      max_position_embeddings=32, state_size=4, output_rank=16)
 
@@ -227,5 +232,5 @@ def test_compile_true_trains_to_the_eager_losses(tmp_path):
         assert (module._compiled is not None) == compile
         losses[compile] = cb.values
     assert len(losses[True]) == 4
-    assert losses[True][-1] < losses[True][0]  # it trains
+    assert losses[True][-1] < losses[True][0] - 0.05, losses  # it trains
     assert max(abs(a - b) for a, b in zip(losses[True], losses[False])) < 1e-4, losses

@@ -171,6 +171,9 @@ def train_tables(cells: Cells) -> list[Table]:
         "estimate of the fp32 FFT traffic of the long convolutions (bench.gpu_train) at the HBM peak.",
         "step peak GB = parameters + AdamW state (counted) + the peak a step allocates above them (measured).",
     ]
+    alone = [f"{r['mixer']} at L={r['L']}" for r in rows if r.get("timed_alone")]
+    if alone:
+        table.notes.append(f"Timed alone (the interleaved loop of their L failed, see gpu.json): {', '.join(alone)}.")
     comp = Table("1b. torch.compile time (first compiled call minus one eager step)",
                  ["mixer", "L", "compile s", "status"])
     for r in cells.results.get("compile", []):

@@ -55,11 +55,18 @@ class Budget:
 
 
 def free_memory(device: torch.device) -> None:
-    """Drop Python garbage and hand cached CUDA blocks back, so the next cell starts clean."""
+    """Drop Python garbage and hand cached CUDA blocks back, so the next cell starts clean.
+
+    Never raises: after a sticky CUDA error (an illegal access) synchronize fails again, and the run
+    must still reach the point where it writes its tables.
+    """
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - the failing cell already recorded the error
+            pass
 
 
 class Cells:

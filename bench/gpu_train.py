@@ -131,13 +131,26 @@ def eager_pass(cells: Cells, cfg: dict, device: torch.device, amp_dtype, peak_fl
 
         estimate = sum(i["first_s"] for i in info.values()) * (cfg["repeats"] + cfg["warmup"] + 1)
         rec = cells.run("train_timing", timed, estimate_s=estimate, L=L, compiled=False)
+        alone = set()
+        if rec["status"] != "ok" and not rec["status"].startswith("skipped"):
+            # One mixer failing inside the interleaved loop (memory held by the others) must not
+            # cost the rest: time each alone, and say so in its row.
+            for mixer, step in steps.items():
+                def timed_alone(mixer=mixer, step=step):
+                    timings.update(compare({mixer: step}, repeats=cfg["repeats"], warmup=cfg["warmup"], device=device))
+                    alone.add(mixer)
+                    return {}
+
+                cells.run("train_timing", timed_alone, estimate_s=info[mixer]["first_s"] * (cfg["repeats"] + 2),
+                          L=L, compiled=False, mixer=mixer)
         for mixer, step in steps.items():
             model = info[mixer]["model"]
             row = dict(mixer=mixer, L=L, batch=batch, tokens=batch * L, compiled=False)
             if mixer not in timings:
                 cells.record("train", **row, status=rec["status"])
                 continue
-            _record_timed(cells, row, model, info[mixer]["opt"], step, timings[mixer], L, device, peak_flops, peak_bw)
+            _record_timed(cells, row, model, info[mixer]["opt"], step, timings[mixer], L, device, peak_flops, peak_bw,
+                          timed_alone=mixer in alone)
         steps.clear()
         info.clear()
         free_memory(device)

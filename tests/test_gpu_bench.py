@@ -106,6 +106,28 @@ def test_cells_isolate_failures_and_respect_the_budget(tmp_path):
         Budget(0)
 
 
+def test_train_pass_times_mixers_alone_when_the_interleaved_loop_fails(tmp_path, monkeypatch):
+    import bench.gpu_train as gpu_train
+    from bench.gpu import SIZES, train_tables
+
+    real = gpu_train.compare
+
+    def interleaved_oom(fns, **kw):
+        if len(fns) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated for the interleaved loop)")
+        return real(fns, **kw)
+
+    monkeypatch.setattr(gpu_train, "compare", interleaved_oom)
+    cfg = {**SIZES["smoke"]["train"], "lengths": (32,)}
+    cells = Cells(Budget(300.0), torch.device("cpu"), None, {"mode": "smoke"})
+    gpu_train.eager_pass(cells, cfg, torch.device("cpu"), torch.bfloat16, None, None)
+    assert [r["status"] for r in cells.results["train_timing"]] == ["OOM", "ok", "ok", "ok"]
+    rows = cells.results["train"]
+    assert [r["mixer"] for r in rows] == ["hyena_rtf", "hyena", "attention"]
+    assert all(r["status"] == "ok" and r["timed_alone"] and r["step_ms"] > 0 for r in rows)
+    assert "Timed alone" in train_tables(cells)[0].to_markdown()
+
+
 def _tiny(seed=0, **kw):
     torch.manual_seed(seed)
     return HyenaRTFForCausalLM(preset_config("hyena_rtf-tiny", vocab_size=300, max_position_embeddings=64, **kw)).eval()

@@ -29,7 +29,7 @@ def test_smoke_run_without_hydra_omegaconf_datasets_wandb(tmp_path):
         for name in {BLOCKED!r}:
             sys.modules[name] = None
         from bench.__main__ import main
-        code = main(["gpu", "--smoke", "--threads", "1"])
+        code = main(["gpu", "--smoke", "--threads", "1", "--device", "cpu"])
         leaked = [m for m in sys.modules if m.split(".")[0] in {BLOCKED!r} and sys.modules[m] is not None]
         assert not leaked, leaked
         sys.exit(code)

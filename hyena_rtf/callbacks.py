@@ -93,7 +93,8 @@ class StabilityMonitor(L.Callback):
             radii[f"stability/layer_{i}"] = rtf.poles().abs().max().item()
         if radii:
             radii["stability/max_pole_radius"] = max(radii.values())
-            pl_module.log_at_step(radii)
+            write = getattr(pl_module, "log_at_step", None) or pl_module.log_dict
+            write(radii)
 
 
 class TokenThroughputMonitor(ThroughputMonitor):

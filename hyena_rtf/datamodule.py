@@ -175,12 +175,12 @@ class LMDataModule(L.LightningDataModule):
         """Fail now, with the option to set, if a ``needed`` split is not configured, a file is
         missing, or the corpus cannot be fetched; cheap (no text is read, nothing is tokenised)."""
         hp = self.hparams
+        corpus = self.corpus  # checks that the given files exist
         if hp.corpus == "files":
             missing = [s for s in needed if s not in self.available_splits()]
             if missing:
                 names = " ".join(f"data.{s}_path=<file>" for s in missing)
                 raise UserError(f"data=files has no {' or '.join(missing)} split; set {names}")
-        corpus = self.corpus  # checks that the files exist
         if hp.corpus in ("wikitext103", "wikitext2") and not self.is_prepared():
             check_hub_reachable(corpus)
 

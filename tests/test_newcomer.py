@@ -225,13 +225,12 @@ def test_logger_none_trains(tmp_path, wikitext_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline_env", "unreachable"])
-def test_wikitext103_offline_fails_at_once_with_local_alternatives(mode, tmp_path):
+def test_wikitext103_offline_fails_at_once_with_local_alternatives(mode, tmp_path, startup_seconds):
     if mode == "offline_env":
         env, drop = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, ()
     else:  # no offline flags; the hub endpoint refuses connections
         env, drop = {"HF_ENDPOINT": "http://127.0.0.1:9"}, ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")
-    startup = _startup_seconds(tmp_path)
     t0 = time.monotonic()
     proc = cli("train.py", "data=wikitext103", "data.seq_len=128", *TINY[:1], "trainer.max_steps=1", cwd=tmp_path,
                env_extra=env, drop=drop)
@@ -239,12 +238,13 @@ def test_wikitext103_offline_fails_at_once_with_local_alternatives(mode, tmp_pat
     assert_one_line_error(proc, "data=files", "data.train_path=")
     assert no_cache(tmp_path)
     # Interpreter start-up and imports aside, the error is immediate (datasets retried for ~24 s).
-    assert elapsed - startup < 10, (elapsed, startup)
+    assert elapsed - startup_seconds < 10, (elapsed, startup_seconds)
 
 
-def _startup_seconds(cwd: Path) -> float:
+@pytest.fixture(scope="module")
+def startup_seconds(tmp_path_factory) -> float:
     """Seconds a train.py run takes to fail in the datamodule constructor, after all imports."""
     t0 = time.monotonic()
-    proc = cli("train.py", "data.seq_len=0", cwd=cwd)
+    proc = cli("train.py", "data.seq_len=0", cwd=tmp_path_factory.mktemp("startup"))
     assert proc.returncode == 2
     return time.monotonic() - t0

@@ -180,7 +180,8 @@ class LMDataModule(L.LightningDataModule):
             missing = [s for s in needed if s not in self.available_splits()]
             if missing:
                 names = " ".join(f"data.{s}_path=<file>" for s in missing)
-                raise UserError(f"data=files has no {' or '.join(missing)} split; set {names}")
+                alt = " (or trainer.limit_val_batches=0 to train without validation)" if "validation" in missing else ""
+                raise UserError(f"data=files has no {' or '.join(missing)} split; set {names}{alt}")
         if hp.corpus in ("wikitext103", "wikitext2") and not self.is_prepared():
             check_hub_reachable(corpus)
 

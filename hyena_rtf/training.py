@@ -28,7 +28,7 @@ __all__ = ["train", "instantiate_dict_list", "build_module", "check_config", "qu
 
 # Callbacks that write to a logger and refuse to run without one (logger=none).
 _NEED_LOGGER = ("LearningRateMonitor", "ThroughputMonitor", "TokenThroughputMonitor")
-GPT2_VOCAB = 50257
+_GPT2_VOCAB = 50257
 
 
 def _constructor_keys(fn) -> set[str]:
@@ -49,7 +49,7 @@ def check_config(cfg: DictConfig) -> None:
     """Everything about a train config that can be checked without reading or tokenising data:
     unknown keys in the model/data/optim/trainer groups, seq_len against the model's context,
     vocabulary sizes. Raises :class:`UserError` with the option to change."""
-    from .datamodule import LMDataModule
+    from .datamodule import DEFAULT_BPE_VOCAB, LMDataModule
     from .modeling.configuration_hyena_rtf import HyenaRTFConfig
 
     _unknown_keys("model", cfg.model, _constructor_keys(HyenaRTFConfig.__init__))
@@ -66,7 +66,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     model_vocab = cfg.model.get("vocab_size")
     tokenizer = cfg.data.get("tokenizer")
-    data_vocab = GPT2_VOCAB if tokenizer == "gpt2" else (cfg.data.get("vocab_size") or 4096 if tokenizer == "bpe" else None)
+    data_vocab = {"gpt2": _GPT2_VOCAB, "bpe": cfg.data.get("vocab_size") or DEFAULT_BPE_VOCAB}.get(tokenizer)
     if model_vocab not in (None, "auto") and data_vocab is not None and model_vocab < data_vocab:
         raise UserError(
             f"model.vocab_size={model_vocab} is smaller than the tokenizer's {data_vocab} (data.tokenizer={tokenizer}); "
@@ -190,7 +190,8 @@ def _print_summary(cfg, trainer, module, datamodule, metrics, seconds: float) ->
         lines.append(f"val ppl        : {metrics['val/ppl']:.2f}  (unigram ppl of the same tokenizer on the same split: {uni:.2f})")
         limit = cfg.trainer.get("limit_val_batches", 1.0)
         if limit not in (1.0, None):
-            lines.append(f"                 val/* score the first {limit} validation batches; evaluate.py scores the whole split")
+            part = f"first {limit} validation batches" if isinstance(limit, int) else f"first {limit:.0%} of the validation split"
+            lines.append(f"                 val/* score the {part}; evaluate.py scores the whole split")
     for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb"):
         if key in metrics and math.isfinite(metrics[key]):
             lines.append(f"{key:<15}: {metrics[key]:.3f}")

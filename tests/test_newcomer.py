@@ -58,7 +58,7 @@ def run_dir(cwd: Path, task: str = "train") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Config errors before any data work (items 1, 2, 3)
+# Config errors before any data work
 
 def _without(args: list[str], prefix: str) -> list[str]:
     return [a for a in args if not a.startswith(prefix)]
@@ -88,7 +88,7 @@ def test_config_errors_come_before_any_data_work(case, tmp_path, wikitext_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# One README-style run, then evaluate and export it (items 1, 4, 7, 8, 9, 10, 12)
+# One README-style run, then evaluate and export it
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_export_loads_quietly_with_normal_modes(readme_run, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# logger=none (item 6) and WikiText-103 without network (item 11)
+# logger=none and WikiText-103 without network
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import torch
 from helpers import ROOT, argmax_loop
 
 README = ROOT / "README.md"
-SECTIONS = ("Train", "Evaluate", "Generate", "Hugging Face and lm-eval")
+SECTIONS = ("Train", "Evaluate", "Generate", "Hugging Face and lm-eval", "Use the filter and the operator directly")
 
 TINY = [
     "model.hidden_size=32",
@@ -62,10 +62,10 @@ def readme_commands() -> list[str]:
     for _, lang, code in section_blocks():
         if lang != "bash":
             continue
-        for line in code.splitlines():
+        for line in code.replace("\\\n", " ").splitlines():  # join continued lines
             line = line.split(" #", 1)[0].strip()
             if line:
-                cmds.append(line)
+                cmds.append(" ".join(line.split()))
     text = README.read_text()
     cmds += re.findall(r"`(lm_eval [^`]+)`", text)
     return cmds
@@ -118,6 +118,8 @@ class Runner:
     def resolve(self, cmd: str) -> list[str]:
         if "<run>" in cmd:
             cmd = cmd.replace("logs/train/runs/<run>", str(self.newest_run().relative_to(self.cwd)))
+        if "ckpt_path=..." in cmd:
+            cmd = cmd.replace("ckpt_path=...", f"ckpt_path={self.newest_run() / 'checkpoints' / 'best.ckpt'}")
         return shlex.split(cmd)
 
     def run(self, cmd: str, extra: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -148,6 +150,9 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir):
     # The README's data=files example names train.txt and valid.txt: give it real WikiText text.
     shutil.copy(wikitext_dir / "wiki.valid.raw", tmp_path / "train.txt")
     shutil.copy(wikitext_dir / "wiki.test.raw", tmp_path / "valid.txt")
+    shutil.copy(wikitext_dir / "wiki.test.raw", tmp_path / "wiki.test.raw")
+    (tmp_path / "wikitext-2-raw").symlink_to(wikitext_dir)  # the lm-eval example's local copy
+    (tmp_path / "lm_eval_tasks").symlink_to(ROOT / "lm_eval_tasks")
 
     order = ["train", "export", "evaluate", "generate"]
     by_kind = {k: [c for c in cmds if _kind(c) == k] for k in [*order, "lm_eval"]}

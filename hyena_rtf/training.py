@@ -24,7 +24,7 @@ from .metrics import unigram_ppl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "instantiate_dict_list", "build_module", "check_config", "quiet_lightning"]
+__all__ = ["train", "instantiate_dict_list", "build_module", "check_config", "check_resume", "quiet_lightning"]
 
 # Callbacks that write to a logger and refuse to run without one (logger=none).
 _NEED_LOGGER = ("LearningRateMonitor", "ThroughputMonitor", "TokenThroughputMonitor")
@@ -72,6 +72,36 @@ def check_config(cfg: DictConfig) -> None:
             f"model.vocab_size={model_vocab} is smaller than the tokenizer's {data_vocab} (data.tokenizer={tokenizer}); "
             "set model.vocab_size=null to take it from the tokenizer"
         )
+
+
+# Data options that decide the tokens and hence the model's vocabulary and context; the others
+# (batch sizes, workers, cache location) may change between a run and its resumption.
+_DATA_IDENTITY = ("corpus", "tokenizer", "vocab_size", "train_path", "dataset_path", "dataset_config", "data_files",
+                  "add_eos", "seq_len")
+
+
+def check_resume(cfg: DictConfig, ckpt_path: Optional[str]) -> None:
+    """A resumed run must rebuild the model and tokens it saved: compare with the run's own config.
+
+    Without this, a changed model or tokenizer option surfaces only as a Lightning state-dict size
+    mismatch after the data has been tokenised. Dropout rates may change (they hold no weights).
+    """
+    if not ckpt_path:
+        return
+    saved_path = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.load(saved_path)
+    checks = [("model", lambda k: "dropout" not in k), ("data", lambda k: k in _DATA_IDENTITY)]
+    for group, matters in checks:
+        old = OmegaConf.to_container(saved.get(group) or {}, resolve=False)
+        new = OmegaConf.to_container(cfg.get(group) or {}, resolve=False)
+        for key in sorted(set(old) | set(new)):
+            if matters(key) and old.get(key) != new.get(key):
+                raise UserError(
+                    f"ckpt_path={ckpt_path} was trained with {group}.{key}={old.get(key)!r}, this run has "
+                    f"{new.get(key)!r}; resume with that run's options (its {saved_path}) or start a new run"
+                )
 
 
 class _DropTips(logging.Filter):
@@ -135,6 +165,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
+    check_resume(cfg, ckpt_path)
 
     datamodule = instantiate(cfg.data)
     run_test = bool(cfg.get("test", False))

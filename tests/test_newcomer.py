@@ -248,3 +248,16 @@ def startup_seconds(tmp_path_factory) -> float:
     proc = cli("train.py", "data.seq_len=0", cwd=tmp_path_factory.mktemp("startup"))
     assert proc.returncode == 2
     return time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_resume_with_other_options_is_refused_before_any_data_work(tmp_path, wikitext_dir):
+    base = [*TINY, *files_data(wikitext_dir), "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1", "logger=none"]
+    first = cli("train.py", *base, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    proc = cli("train.py", *base, "data.vocab_size=400", f"ckpt_path={ckpt}", cwd=tmp_path)
+    assert_one_line_error(proc, "data.vocab_size=300", "400", "resume")
+    assert "Tokeniz" not in proc.stderr  # refused before the new vocabulary was trained

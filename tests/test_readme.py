@@ -138,8 +138,6 @@ def _train_extra(cmd: str, wikitext_dir: Path) -> list[str]:
     if any(a.startswith("experiment=wt103") for a in args):
         # The paper recipes: 8 GPUs, DDP, bf16, 125M. Same recipe on one CPU process at tiny size.
         extra += ["trainer.devices=1", "trainer.strategy=auto", "trainer.accumulate_grad_batches=1"]
-    if "ckpt_path=last" in args:
-        extra = [e for e in extra if not e.startswith("trainer.max_steps")] + ["trainer.max_steps=6"]
     return extra
 
 
@@ -156,8 +154,14 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir):
 
     order = ["train", "export", "evaluate", "generate"]
     by_kind = {k: [c for c in cmds if _kind(c) == k] for k in [*order, "lm_eval"]}
+    first, resume = by_kind["train"][0], "python train.py ckpt_path=last"
+    assert first == "python train.py" and resume in by_kind["train"]
     for cmd in by_kind["train"]:
+        if cmd == resume:
+            continue
         runner.run(cmd, _train_extra(cmd, wikitext_dir))
+        if cmd == first:  # resume the run just made, with the options it was made with, for more steps
+            runner.run(resume, [*_train_extra(first, wikitext_dir), "trainer.max_steps=6"])
     run = runner.newest_run()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     for cmd in by_kind["export"]:

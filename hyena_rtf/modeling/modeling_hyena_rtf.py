@@ -57,9 +57,31 @@ from .filters import MIXER_FILTERS, filter_class
 from .hyena import HyenaOperator
 from .long_filter import LongFilter
 
-__all__ = ["HyenaRTFPreTrainedModel", "HyenaRTFModel", "HyenaRTFForCausalLM", "build_mixer", "register_auto_classes"]
+__all__ = [
+    "CACHE_FIELD",
+    "HyenaRTFPreTrainedModel",
+    "HyenaRTFModel",
+    "HyenaRTFForCausalLM",
+    "build_mixer",
+    "register_auto_classes",
+]
 
 _RESIDUAL_PROJECTIONS = ("out_proj", "fc2")
+
+# transformers 5.24 renamed the decoding cache from ``past_key_values`` to ``cache``: generate()
+# passes it to forward() under the new keyword and reads it back from the output field of that
+# name (5.23 and earlier use ``past_key_values`` for both). forward() accepts either keyword and the
+# outputs fill whichever field the installed output classes declare, so generate() gets its cache
+# back on every version without going through transformers' deprecation shims (which warn once
+# and are scheduled for removal).
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    """The decoding cache given under either keyword (they are two names for one argument)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the decoding cache once: as cache= or as past_key_values=, not both")
+    return cache if cache is not None else past_key_values
 
 
 def build_mixer(config: HyenaRTFConfig) -> nn.Module:
@@ -298,14 +320,17 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         logits_to_keep: Union[int, Tensor] = 0,
+        cache=None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """input_ids (B, T) or inputs_embeds (B, T, D) -> last_hidden_state (B, T, D).
 
-        A cache is used when ``past_key_values`` is given, or created when ``use_cache=True``;
-        it is returned in ``past_key_values``. ``attention_mask`` (B, past+T): 1 = token, 0 =
-        padding. ``logits_to_keep`` only matters for the implicit-filter recompute mode, where
-        positions past the first l_max that are not kept are not computed (left as NaN).
+        A cache is used when ``cache`` (or its older name ``past_key_values``) is given, or
+        created when ``use_cache=True``; it is returned in the output field ``CACHE_FIELD``
+        (``cache`` with transformers >= 5.24, ``past_key_values`` before).
+        ``attention_mask`` (B, past+T): 1 = token, 0 = padding. ``logits_to_keep`` only matters
+        for the implicit-filter recompute mode, where positions past the first l_max that are not
+        kept are not computed (left as NaN).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -314,7 +339,7 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         bad_mask = attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B)
         if bad_mask or (attention_mask is not None and attention_mask.shape[1] < T):
             raise ValueError(f"attention_mask must have shape (B={B}, >= T={T}), got {tuple(attention_mask.shape)}")
-        cache = past_key_values
+        cache = _one_cache(cache, past_key_values)
         if cache is None and use_cache:
             cache = self.new_cache(B)
         collect = bool(output_hidden_states)
@@ -327,16 +352,16 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
             h, hiddens, _ = self._run_grouped(x, real, "parallel", collect)
         elif self.has_recurrence:
             if not isinstance(cache, HyenaCache):
-                raise ValueError(f"mixer {mixer!r} needs a HyenaCache in past_key_values, got {type(cache).__name__}")
+                raise ValueError(f"mixer {mixer!r} needs a HyenaCache as its cache, got {type(cache).__name__}")
             h, hiddens = self._forward_recurrent(x, real, cache, collect)
         else:
             if not isinstance(cache, RecomputeCache):
-                raise ValueError(f"mixer {mixer!r} needs a RecomputeCache in past_key_values, got {type(cache).__name__}")
+                raise ValueError(f"mixer {mixer!r} needs a RecomputeCache as its cache, got {type(cache).__name__}")
             if collect:
                 raise ValueError(f"output_hidden_states is not available in mixer {mixer!r} recompute decoding")
             h, hiddens = self._forward_recompute(x, real, cache, logits_to_keep), None
         return BaseModelOutputWithPast(
-            last_hidden_state=h, past_key_values=cache, hidden_states=tuple(hiddens) if collect else None
+            last_hidden_state=h, hidden_states=tuple(hiddens) if collect else None, **{CACHE_FIELD: cache}
         )
 
     def _check_parallel_length(self, T: int) -> None:
@@ -352,7 +377,7 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         B, T = x.shape[:2]
         if cache is not None and not isinstance(cache, Cache):
             raise ValueError(
-                f"mixer 'attention' needs a transformers Cache in past_key_values, got {type(cache).__name__}"
+                f"mixer 'attention' needs a transformers Cache as its cache, got {type(cache).__name__}"
             )
         past = 0 if cache is None else cache.get_seq_length()
         pad = None
@@ -468,6 +493,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, Tensor] = 0,
+        cache=None,
         **kwargs,
     ) -> Union[CausalLMOutputWithPast, tuple]:
         """Logits (B, T, vocab_size) and, with ``labels`` (B, T), the mean next-token cross-entropy.
@@ -480,7 +506,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -497,7 +523,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
             extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **extra)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: getattr(out, CACHE_FIELD)}
         )
         return result.to_tuple() if return_dict is False else result
 

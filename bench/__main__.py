@@ -20,11 +20,12 @@ from typing import Optional
 
 import torch
 
-from . import decode, quality, rtf, train_speed
+from . import decode, quality, rtf, s4d, train_speed
 from .report import header
 
 BENCHMARKS = {
     "rtf": rtf,
+    "s4d": s4d,
     "decode": decode,
     "train_speed": train_speed,
     "quality": quality,

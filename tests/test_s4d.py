@@ -165,6 +165,11 @@ def test_gradcheck_kernel_forward_and_prefill():
     assert torch.autograd.gradcheck(run, params)
     state = torch.randn(1, 2, 2, dtype=torch.complex128)
     assert torch.autograd.gradcheck(lambda u: f.prefill(u, state)[0], (u,))
+    # Batched weights (the incoming state's term and the outgoing state): gradients w.r.t. the
+    # parameters are summed over the batch.
+    u2 = torch.randn(2, 12, 2, dtype=torch.float64)
+    state2 = torch.randn(2, 2, 2, dtype=torch.complex128)
+    assert torch.autograd.gradcheck(lambda *p: torch.view_as_real(f.prefill(u2, state2)[1]).sum(-1) + f.prefill(u2, state2)[0].sum(1, keepdim=True).transpose(1, 2), params)
     # The blocked kernel's gradients equal those of the materialised one.
     g = torch.randn(2, 12, dtype=torch.float64)
     a = torch.autograd.grad(f.kernel(), params, g)

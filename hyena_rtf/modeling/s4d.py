@@ -19,10 +19,12 @@ factored on a two-level grid, l = q c + j with c ~ sqrt(L):
 
     k[q c + j] = 2 Re( sum_m (W_m dA_m^(q c)) dA_m^j )
 
-which is one batched complex matmul of (L/c, M) by (M, c) per channel. Autograd keeps only the two
-factors, so forward and backward both hold O(D M sqrt(L)) memory, and the matmul runs at BLAS
-speed. The same factorisation gives the prefill state (a transposed Vandermonde product of the
-prompt) and the effect of an initial state on the prompt's outputs.
+which is one batched matmul of (L/c, M) by (M, c) per channel (done in real arithmetic: only the
+real part is needed). The hand-written backward keeps only the two factors, so forward and
+backward both hold O(D M sqrt(L)) memory, and the matmuls run at BLAS speed. The same
+factorisation gives the prefill state (a transposed Vandermonde product of the prompt) and the
+effect of an initial state on the prompt's outputs. ``kernel_reference`` is the materialised
+formulation, kept as the obvious reference.
 """
 
 from __future__ import annotations

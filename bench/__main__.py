@@ -13,6 +13,7 @@ OpenMP/allocator environment.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import decode, quality, rtf, s4d, train_speed
+from . import decode, gpu, quality, rtf, s4d, train_speed
 from .report import header
 
 BENCHMARKS = {
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "decode": decode,
     "train_speed": train_speed,
     "quality": quality,
+    "gpu": gpu,
 }
 
 
@@ -38,7 +40,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes that only check the benchmarks run (used by the tests)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for <name>.md and plots")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"), help="directory for <name>.md and plots (default: $OUT if set, else bench/results)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)

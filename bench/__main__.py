@@ -21,11 +21,12 @@ from typing import Optional
 
 import torch
 
-from . import decode, gpu, quality, rtf, train_speed
+from . import decode, gpu, quality, rtf, s4d, train_speed
 from .report import header
 
 BENCHMARKS = {
     "rtf": rtf,
+    "s4d": s4d,
     "decode": decode,
     "train_speed": train_speed,
     "quality": quality,

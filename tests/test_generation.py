@@ -22,6 +22,9 @@ def tiny(mixer, **overrides):
 MODELS = {
     "hyena_rtf": dict(mixer="hyena_rtf"),
     "hyena": dict(mixer="hyena"),
+    # A random tiny S4D model with the preset's 4 modes and short steps falls into repeating one
+    # token; more modes and longer steps give it the memory the non-degeneracy check below needs.
+    "hyena_s4d": dict(mixer="hyena_s4d", state_size=16, s4d_dt_min=0.1, s4d_dt_max=1.0),
     "attention-learned": dict(mixer="attention"),
     "attention-rotary": dict(mixer="attention", position_embedding_type="rotary"),
 }
@@ -52,9 +55,10 @@ def test_prefill_then_steps_reproduce_parallel_logits(key):
         assert rel_err(torch.cat(logits, 1), ref) < 1e-4, split
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_chunked_prefill_continues_a_recurrent_state():
-    model = build("hyena_rtf")
+def test_chunked_prefill_continues_a_recurrent_state(key):
+    model = build(key)
     ids = torch.randint(0, V, (2, 50))
     ref = model(ids).logits
     cache = model.new_cache()
@@ -77,9 +81,10 @@ def test_greedy_generate_equals_argmax_over_parallel_forwards(key, prompt_len):
     assert len(set(out[0, prompt_len:].tolist())) > 3  # not a degenerate repetition
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_recurrent_generation_runs_far_past_l_max():
-    model = build("hyena_rtf")
+def test_recurrent_generation_runs_far_past_l_max(key):
+    model = build(key)
     ids = torch.randint(0, V, (2, 5))
     n = 3 * L_MAX
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -112,7 +117,7 @@ def test_recompute_prefill_longer_than_l_max_scores_each_position_on_its_window(
         assert rel_err(out.logits[:, t], ref) < 1e-5, t
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-learned"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "hyena_s4d", "attention-learned"])
 @torch.no_grad()
 def test_left_padded_batch_generation_equals_one_by_one(key):
     model = build(key)
@@ -128,7 +133,7 @@ def test_left_padded_batch_generation_equals_one_by_one(key):
         assert torch.equal(out[i, 9:], one[0, len(p) :]), i
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "hyena_s4d", "attention-rotary"])
 @torch.no_grad()
 def test_beam_search_with_cache_equals_beam_search_without(key):
     model = build(key)  # reorder_cache must follow the beams exactly
@@ -183,9 +188,11 @@ def test_learned_position_attention_cannot_generate_past_its_table():
         model.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10, min_new_tokens=10, do_sample=False)
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_recurrent_state_size_does_not_grow_with_position():
-    model = build("hyena_rtf")
+def test_recurrent_state_size_does_not_grow_with_position(key):
+    # RTF: N fp32 numbers per channel; S4D: N/2 complex64 numbers, the same bytes.
+    model = build(key)
     cache = model(torch.randint(0, V, (2, 10)), use_cache=True)[CACHE_FIELD]
     before = cache.memory_bytes()
     model(torch.randint(0, V, (2, 150)), cache=cache, use_cache=True)

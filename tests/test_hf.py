@@ -25,7 +25,7 @@ def tiny(mixer, **overrides):
     return HyenaRTFForCausalLM(preset_config(f"{mixer}-tiny", **{**kw, **overrides})).eval()
 
 
-@pytest.mark.parametrize("mixer", ["hyena_rtf", "hyena", "attention"])
+@pytest.mark.parametrize("mixer", ["hyena_rtf", "hyena", "hyena_s4d", "attention"])
 @torch.no_grad()
 def test_save_and_load_give_identical_logits(mixer, tmp_path):
     model = tiny(mixer)
@@ -80,7 +80,8 @@ def test_export_ships_every_modeling_file(tmp_path):
     files = sorted(os.listdir(tmp_path / "e"))
     code = {
         "attention.py", "blocks.py", "cache.py", "configuration_hyena_rtf.py", "fftconv.py",
-        "hyena.py", "implicit_filter.py", "modeling_hyena_rtf.py", "rtf.py",
+        "filters.py", "hyena.py", "implicit_filter.py", "long_filter.py", "modeling_hyena_rtf.py", "rtf.py",
+        "s4d.py",
     }
     assert set(files) == code | {"config.json", "generation_config.json", "model.safetensors"}
     auto_map = json.loads((tmp_path / "e" / "config.json").read_text())["auto_map"]
@@ -134,7 +135,7 @@ print(json.dumps(result))
 @pytest.mark.slow
 @torch.no_grad()
 def test_exported_directories_load_and_generate_without_the_package(tmp_path):
-    models = {m: tiny(m, position_embedding_type="rotary") for m in ("hyena_rtf", "hyena", "attention")}
+    models = {m: tiny(m, position_embedding_type="rotary") for m in ("hyena_rtf", "hyena", "hyena_s4d", "attention")}
     for name, model in models.items():
         export_hf(model, None, tmp_path / name)
     ids = torch.randint(0, V, (2, 5))

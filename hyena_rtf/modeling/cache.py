@@ -1,10 +1,14 @@
 """Decoding caches of the Hyena mixers (the attention mixer uses transformers' DynamicCache).
 
-:class:`HyenaCache` holds the recurrent state of every Hyena-RTF layer: a fixed-size object
-(short-filter window plus RTF companion states) whose size does not grow with the number of
-tokens. :class:`RecomputeCache` serves the implicit-filter baseline, which has no finite state:
-it keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
-parallel forward over (at most) the last ``window`` positions.
+Which cache a Hyena model uses depends only on whether its long filters have a recurrence
+(``LongFilter.has_recurrence``), never on their names:
+
+- :class:`HyenaCache` holds the recurrent state of every layer whose filters have one (RTF, S4D):
+  a fixed-size object (short-filter window plus one filter state per long convolution) whose size
+  does not grow with the number of tokens.
+- :class:`RecomputeCache` serves filters without a finite state (the implicit-filter baseline): it
+  keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
+  parallel forward over (at most) the last ``window`` positions.
 
 Both implement the few methods and flags ``transformers.GenerationMixin`` calls on a cache object
 (``get_seq_length``, ``reorder_cache`` for beam search, ``batch_repeat_interleave``,
@@ -57,7 +61,7 @@ class _BatchRows:
 
 
 class HyenaCache(_BatchRows):
-    """Recurrent state of a Hyena-RTF stack: one :class:`~.hyena.HyenaState` per layer.
+    """Recurrent state of a stack of recurrent Hyena layers: one :class:`~.hyena.HyenaState` per layer.
 
     ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
     (padding included), which is what ``generate`` asks for through ``get_seq_length``.
@@ -97,11 +101,11 @@ class HyenaCache(_BatchRows):
 
 
 class RecomputeCache(_BatchRows):
-    """Input history of the implicit-filter baseline: the last ``window - 1`` embeddings.
+    """Input history of a Hyena stack without a recurrence: the last ``window - 1`` embeddings.
 
     ``embeds`` (B, t, D) and ``real`` (B, t) (False on padding) with t < window. Decoding a token
     re-runs the whole parallel model over the history plus the new token, so each step costs a
-    forward of up to ``window`` positions: the slow baseline that recurrent RTF decoding replaces.
+    forward of up to ``window`` positions: the slow baseline that recurrent decoding replaces.
     """
 
     def __init__(self, window: int):

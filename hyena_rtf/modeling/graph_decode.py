@@ -36,7 +36,8 @@ class RecurrentDecoder:
     """Token-by-token decoder of a Hyena-RTF ``HyenaRTFForCausalLM`` with static state buffers.
 
     Args:
-        model: a ``HyenaRTFForCausalLM`` with ``config.mixer == "hyena_rtf"`` in eval mode.
+        model: a ``HyenaRTFForCausalLM`` in eval mode whose long filters all have a recurrence
+            (``hyena_rtf``, ``hyena_s4d``).
         batch_size: number of sequences decoded together (fixed for the life of the decoder).
         use_graph: capture the step as a CUDA graph on the first ``step`` (needs a CUDA model).
         warmup: eager steps run on a side stream before the capture (kernels, cuBLAS workspaces
@@ -45,8 +46,11 @@ class RecurrentDecoder:
 
     def __init__(self, model: nn.Module, batch_size: int, use_graph: bool = False, warmup: int = 2):
         config = model.config
-        if config.mixer != "hyena_rtf":
-            raise ValueError(f"RecurrentDecoder needs mixer 'hyena_rtf', got {config.mixer!r}")
+        if not model.model.has_recurrence:
+            raise ValueError(
+                f"RecurrentDecoder needs a mixer whose long filters have a recurrence ('hyena_rtf', "
+                f"'hyena_s4d'), got {config.mixer!r}"
+            )
         if model.training:
             raise ValueError("RecurrentDecoder needs a model in eval mode (dropout would differ per replay)")
         if batch_size < 1:

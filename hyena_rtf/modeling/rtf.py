@@ -300,18 +300,30 @@ class RTF(nn.Module):
 
         u (B, T, d_model), any T (chunks of l_max); ``state`` continues from an earlier call.
         Equivalent to ``step`` over every position, but each chunk costs two FFT convolutions.
+
+        The arithmetic runs in fp64 whatever the state's dtype (outputs and the returned state are
+        cast back). The direct-form state ``w = u / A(z)`` of a filter with slow poles is large
+        and is recovered from an FFT convolution with the growing-then-ringing response of 1/A,
+        where fp32 round-off swamps it: measured on orders 8-12 with poles at radius 0.990-0.995,
+        fp32 prefill was off by 5.5x the output scale while fp32 stepping stayed at 2e-3. One
+        prompt's worth of fp64 FFTs is cheap next to decoding; the parallel forward is untouched.
         """
         self._check_input(u, None)
         B, T, _ = u.shape
         if state is None:
             state = self.initial_state(B, device=u.device)
+        out_dtype = state.dtype
+        work = torch.float64 if u.device.type != "mps" else out_dtype  # MPS has no fp64
+        x = state.to(work)  # (B, D, N), carried across chunks in full precision
         ys = []
         for start in range(0, T, self.l_max):
-            y, state = self._prefill_chunk(u[:, start : start + self.l_max], state)
+            y, x = self._prefill_chunk(u[:, start : start + self.l_max], x)
             ys.append(y)
-        return torch.cat(ys, 1) if len(ys) > 1 else ys[0], state
+        y = torch.cat(ys, 1) if len(ys) > 1 else ys[0]  # (B, T, D)
+        return y.to(u.dtype), x.to(out_dtype)
 
     def _prefill_chunk(self, u: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One chunk (T <= l_max) in ``state.dtype``: outputs (B, T, D) and the next state."""
         B, T, D = u.shape
         N = self.state_size
         rec = self._recurrence(state.dtype)
@@ -323,7 +335,9 @@ class RTF(nn.Module):
         e = -polymul(rec["a"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
         f = polymul(rec["c"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
         m = min(N, T)
-        k = self.kernel(T).to(state.dtype)  # (D, T), the same taps forward() uses
+        # The taps forward() uses, computed from the same parameters in the working precision
+        # (no dropout: prefill is inference).
+        k = self._kernel_all(T, state.dtype)[: self.d_model]  # (D, T)
         n = fft_size(2 * T - 1)
         with torch.autocast(device_type=u.device.type, enabled=False):
             # Both convolutions (output and state) filter the same drive u + e: one shared rFFT.
@@ -335,7 +349,7 @@ class RTF(nn.Module):
             w = torch.fft.irfft(drive_f * torch.fft.rfft(rec["g"][:, :T], n=n), n=n)  # w = drive / A(z)
         w_last = w[..., T - m : T].flip(-1)  # (B, D, m): w_{T-1}, ..., w_{T-m}
         new_state = torch.cat([w_last, x[..., : N - m]], -1)  # (B, D, N)
-        return y.transpose(1, 2).to(u.dtype), new_state
+        return y.transpose(1, 2), new_state
 
     # ------------------------------------------------------------------ transfer functions
     def to_transfer_function(self) -> tuple[Tensor, Tensor]:

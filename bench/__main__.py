@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import decode, quality, rtf, train_speed
+from . import decode, distill, quality, rtf, train_speed
 from .report import header
 
 BENCHMARKS = {
@@ -28,6 +28,7 @@ BENCHMARKS = {
     "decode": decode,
     "train_speed": train_speed,
     "quality": quality,
+    "distill": distill,
 }
 
 

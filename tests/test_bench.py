@@ -248,3 +248,23 @@ def test_quality_names_the_missing_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HYENA_RTF_SHARED", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="HYENA_RTF_SHARED"):
         quality.find_shared()
+
+
+@pytest.mark.slow
+def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
+    from bench import distill
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    report = distill.run("smoke", torch.device("cpu"), tmp_path)
+    vocab = distill.quality.SIZES["smoke"]["vocab"]
+    ppl = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("1."))
+    assert ppl.column("state size") == [None, *distill.MODES["smoke"]["states"], distill.L1_STATE]
+    assert all(1 < p < 2 * vocab for p in ppl.column("token ppl"))
+    assert all(r < 1 for r in ppl.column("max pole radius")[1:])
+    assert all(0 <= e < 1 for e in ppl.column("mean rel kernel err")[1:])
+    dec = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
+    settings = distill.MODES["smoke"]
+    assert len(dec.rows) == 2 * len(settings["batches"]) * len(settings["positions"])
+    assert all(v > 0 for v in dec.column("ms / token"))
+    saved = (tmp_path / "distill.json").read_text()
+    assert "teacher_ppl" in saved

@@ -108,13 +108,14 @@ def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None)
             ["model", "state size", "constraint", "token ppl", "ppl vs teacher %", "mean rel kernel err",
              "max rel kernel err", "kernel MSE", "max pole radius", "distill s"],
         )
-        ppl.add("teacher (mixer=hyena)", None, None, teacher_ppl, 0.0, None, None, None, None, None)
+        # Perplexity and radius as fixed-precision strings: the differences are in the 4th-6th digit.
+        ppl.add("teacher (mixer=hyena)", None, None, f"{teacher_ppl:.4f}", 0.0, None, None, None, None, None)
         for (n, constraint), s in students.items():
             layers = s["layers"]
-            ppl.add(f"student (mixer=hyena_rtf)", n, constraint, s["ppl"], 100 * (s["ppl"] / teacher_ppl - 1),
+            ppl.add("student (mixer=hyena_rtf)", n, constraint, f"{s['ppl']:.4f}", 100 * (s["ppl"] / teacher_ppl - 1),
                     sum(x["rel_err_mean"] for x in layers) / len(layers), max(x["rel_err_max"] for x in layers),
-                    sum(x["mse"] for x in layers) / len(layers), max(x["max_pole_radius"] for x in layers),
-                    s["distill_s"])
+                    sum(x["mse"] for x in layers) / len(layers),
+                    f"{max(x['max_pole_radius'] for x in layers):.6f}", s["distill_s"])
         ppl.notes.append(
             f"Teacher: mixer=hyena, D={cfg['hidden']}, {cfg['layers']} layers, l_max {quality.L_MAX}, "
             f"{cfg['steps']} steps of {cfg['batch']} x {cfg['seq_len']} tokens on wiki.valid.raw"

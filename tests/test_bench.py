@@ -259,8 +259,8 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
     vocab = distill.quality.SIZES["smoke"]["vocab"]
     ppl = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("1."))
     assert ppl.column("state size") == [None, *distill.MODES["smoke"]["states"], distill.L1_STATE]
-    assert all(1 < p < 2 * vocab for p in ppl.column("token ppl"))
-    assert all(r < 1 for r in ppl.column("max pole radius")[1:])
+    assert all(1 < float(p) < 2 * vocab for p in ppl.column("token ppl"))
+    assert all(float(r) < 1 for r in ppl.column("max pole radius")[1:])
     assert all(0 <= e < 1 for e in ppl.column("mean rel kernel err")[1:])
     dec = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
     settings = distill.MODES["smoke"]

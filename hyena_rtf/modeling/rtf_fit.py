@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rtf import RTF
+from .rtf import RTF, _RationalKernel
 
 __all__ = [
     "FitResult",
@@ -263,7 +263,11 @@ def closed_form_fit(target: Tensor, state_size: int, constraint: str = "none", p
         stable = finite & (max_pole_radius(den) < max_radius)
         den = torch.where(stable.unsqueeze(-1), den, dens[0])  # unstable rows are not scored anyway
         b, h0 = fit_numerator(target, den)
-        err = (_fast_kernel(b, den, h0, L) - target).norm(dim=-1) / norm
+        # Scored as the student will compute it: coefficients and FFT arithmetic in param_dtype.
+        # Poles close to the circle amplify fp32 round-off in the spectral division, so this
+        # can prefer a lower order whose exact fit is worse.
+        kern = _fast_kernel(b.to(param_dtype), den.to(param_dtype), h0.to(param_dtype), L).double()
+        err = (kern - target).norm(dim=-1) / norm
         err = torch.where(stable & torch.isfinite(err), err, torch.full_like(err, math.inf))
         take = err < best_err
         best_err = torch.where(take, err, best_err)
@@ -322,19 +326,25 @@ def fit_rtf(
         if constraint == "l1_montel":
             # denominator() divides by sum|a_raw| + |scale| + 1e-6: make that exactly 1.
             rtf.montel_scale.copy_((1.0 - 1e-6 - den[:, 1:].abs().sum(-1)).clamp_min(0.0))
-        closed_rel, _ = _channel_errors(rtf.kernel(L), target)  # as the RTF itself computes it
     params = list(rtf.parameters())
     weights = 1.0 / (target**2).sum(-1).clamp_min(1e-30)  # (C,): relative squared error per channel
 
     def per_channel_loss() -> Tensor:
         return ((rtf.kernel(L) - target) ** 2).sum(-1) * weights  # (C,)
 
+    def deployed_loss() -> Tensor:
+        """Per-channel loss of the kernel as the student computes it (param_dtype throughout)."""
+        a = rtf.denominator().to(param_dtype)
+        kern = _RationalKernel.apply(rtf.b.to(param_dtype), a, rtf.h0.to(param_dtype), L, L).double()
+        return ((kern - target) ** 2).sum(-1) * weights  # (C,)
+
     def stable_rows() -> Tensor:
         den_q = F.pad(rtf.denominator().to(param_dtype).double(), (1, 0), value=1.0)
         return torch.isfinite(den_q).all(-1) & (max_pole_radius(den_q) < max_radius)  # (C,)
 
     with torch.no_grad():
-        best_loss = per_channel_loss()  # (C,)
+        best_loss = deployed_loss()  # (C,)
+        closed_rel = best_loss.sqrt()  # (C,) relative error of the closed form, as the student computes it
         best_loss = torch.where(stable_rows(), best_loss, torch.full_like(best_loss, math.inf))
     best = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=lr)
@@ -348,7 +358,7 @@ def fit_rtf(
         if step % check_every and step != max_steps:
             continue
         with torch.no_grad():
-            loss_c = per_channel_loss()
+            loss_c = deployed_loss()
             stable = stable_rows() & torch.isfinite(loss_c)
             better = stable & (loss_c < best_loss)
             bad = ~stable
@@ -373,7 +383,8 @@ def fit_rtf(
     with torch.no_grad():
         for p, snap in zip(params, best):
             p.copy_(snap)
-        rel, mse = _channel_errors(rtf.kernel(L), target)
+        rel, mse = _channel_errors(_RationalKernel.apply(
+            rtf.b.to(param_dtype), rtf.denominator().to(param_dtype), rtf.h0.to(param_dtype), L, L).double(), target)
         radius = max_pole_radius(F.pad(rtf.denominator(), (1, 0), value=1.0))
     rtf._rec_cache = {}
     return FitResult(rtf=rtf, rel_err=rel, mse=mse, pole_radius=radius, closed_form_rel_err=closed_rel,

@@ -206,3 +206,38 @@ def test_cli_bad_inputs(tmp_path):
                               cwd=tmp_path), "state_size", str(L_MAX - 1))
     assert_one_line_error(run("distill.py", "ckpt_path=/nonexistent/run", "evaluate=false", cwd=tmp_path),
                           "checkpoint not found", "/nonexistent/run")
+
+
+@pytest.mark.slow
+def test_cli_distils_and_the_other_clis_take_the_result(tmp_path):
+    """distill.py on a train.py-style checkpoint; export.py takes the result; greedy decoding through
+    the recurrent cache matches an argmax loop over full parallel forwards of the same student."""
+    from hyena_rtf.checkpoints import load_for_inference
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    teacher.parent.mkdir(parents=True)
+    save_teacher(tiny_teacher(), teacher)
+    proc = run("distill.py", f"ckpt_path={tmp_path / 'run'}", "state_size=8", f"out_dir={tmp_path / 'out'}",
+               "evaluate=false", "max_steps=20", "progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max |pole|" in proc.stdout and "distillation took" in proc.stdout
+    student_ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    proc = run("export.py", f"ckpt_path={student_ckpt}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+    model, _ = load_for_inference(student_ckpt)
+    ids = torch.tensor([[5, 17, 3, 40]])
+    with torch.no_grad():
+        ref = ids.clone()
+        for _ in range(12):  # reference: full parallel forward per token
+            ref = torch.cat([ref, model(input_ids=ref).logits[:, -1].argmax(-1, keepdim=True)], 1)
+        cache = model.model.new_cache()
+        out = ids.clone()
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        for _ in range(12):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, nxt], 1)
+            logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+    assert torch.equal(out, ref)

@@ -129,20 +129,23 @@ def distill_model(
             where.append((layer, j))
     target = torch.cat(kernels, 0)  # (layers * filters * D, l_max)
 
-    bar = tqdm(total=0, desc=f"fitting {target.shape[0]} kernels (N={state_size})", unit="step", disable=not progress)
+    bars: dict = {}
 
     def on_progress(stage: str, done: int, total: int, loss: Optional[float]) -> None:
-        if bar.total != total or bar.desc != stage:
-            bar.reset(total=total)
-            bar.set_description(stage)
-        bar.n = done
+        if stage not in bars:  # one bar per stage: closed form (channels), then refinement (steps)
+            for other in bars.values():
+                other.close()
+            bars[stage] = tqdm(total=total, desc=f"{stage} ({target.shape[0]} kernels, N={state_size})",
+                               unit="ch" if loss is None else "step", disable=not progress)
+        bar = bars[stage]
+        bar.update(done - bar.n)
         if loss is not None:
-            bar.set_postfix(rel_sq_err=f"{loss:.3g}")
-        bar.refresh()
+            bar.set_postfix(rel_sq_err=f"{loss:.3g}", refresh=False)
 
     fit = fit_rtf(target, state_size, constraint, progress=on_progress,
                   param_dtype=next(student.parameters()).dtype, **fit_kwargs)
-    bar.close()
+    for bar in bars.values():
+        bar.close()
 
     # Copy every non-filter weight, then the fitted coefficients into each RTF bank.
     t_state = teacher.state_dict()

@@ -7,19 +7,25 @@ result then reproduces that kernel exactly, so every stage below works on ``RTF.
 
 Three stages, every channel at once:
 
-1. Poles by Hankel-SVD model reduction. A length-L kernel is a finite impulse response system
-   of dimension L-1 (the state holds past inputs). With input vector e_0 its controllability
-   Gramian is the identity and its observability Gramian is H^T H, H the (symmetric) Hankel
-   matrix of taps 1..L-1. Balanced truncation to order r keeps the dominant eigenvectors V_r of H
-   and gives the reduced dynamics V_r^T S V_r (S: the shift), whose eigenvalues are the poles.
-   Balanced truncation of a stable system is stable, and a kernel that *is* an order-r RTF
-   has a rank-r Hankel matrix, so its poles come back to rounding.
-2. Numerator and feed-through by linear least squares. For fixed denominators the aliased kernel
-   is linear in (h0, b): tap t is h0 [t = 0] + sum_j b_j g~_{(t-j) mod L}, with g~ the aliased
-   response of 1/A. This is the exact optimum for those poles.
+1. Poles from the Hankel matrix of taps 1..L-1, two ways. (a) Balanced truncation of the
+   length-L FIR system: with input vector e_0 its controllability Gramian is the identity and its
+   observability Gramian is H^T H (H the zero-padded, symmetric Hankel matrix), so truncating to
+   order r keeps the dominant eigenvectors V_r of H, and the poles are the eigenvalues of
+   V_r^T S V_r (S: the shift). Stable in exact arithmetic, but a cut IIR kernel is not exactly
+   low rank. (b) Kung's method on the unpadded Hankel matrix, A = pinv(V_r[:-1]) V_r[1:]: a kernel
+   that *is* an RTF of order <= r has a rank-r matrix and its poles come back to rounding; no
+   stability guarantee. Both at orders N, N/2, ..., 1 (missing poles at 0), plus the all-zero
+   denominator (an N-tap FIR).
+2. For each candidate, the numerator and feed-through by linear least squares: for fixed
+   denominators the aliased kernel is linear in (h0, b), tap t = h0 [t = 0] + sum_j b_j
+   g~_{(t-j) mod L} with g~ the aliased response of 1/A, so this is the exact optimum for those
+   poles. Each channel keeps its best candidate whose rounded coefficients are stable, scored on
+   the kernel as the student computes it (coefficients and FFT in the student's dtype: with
+   poles near the circle, fp32 round-off in the spectral division can outweigh the fit).
 3. Gradient refinement of all coefficients against ``RTF.kernel(L)`` (Adam, fp64), with the
-   poles of every channel checked every few steps: a channel whose poles leave the unit disc
-   goes back to its last stable coefficients. Stops when the loss stops improving by ``tol``.
+   poles of every channel checked every few steps: a channel whose poles leave the disc goes
+   back to its last stable coefficients, and each channel ends at its best stable snapshot (scored
+   as in 2). Stops when the loss stops improving by ``tol``.
 
 The ``l1_montel`` constraint (sum|a| < 1) cannot represent most sharp filters; for it the
 Hankel poles are pulled towards 0 (p -> rho p, the largest rho in (0, 1] that satisfies the

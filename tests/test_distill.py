@@ -99,9 +99,12 @@ def test_refinement_never_increases_the_error_and_keeps_poles_inside():
 # ---------------------------------------------------------------------------- the converted model
 @torch.no_grad()
 def test_distilling_a_teacher_whose_filters_are_rtfs_recovers_them():
-    """Implicit filters overwritten with order-4 RTF kernels: an N=8 student reproduces them."""
+    """Implicit filters overwritten with order-4 RTF kernels: an N=8 student reproduces them.
+
+    Order 3: two long convolutions per layer, so the kernel -> filter bookkeeping is exercised.
+    """
     torch.manual_seed(0)
-    teacher = tiny_teacher()
+    teacher = tiny_teacher(hyena_order=3)
     rtf_kernels = []
     for layer, block in enumerate(teacher.model.layers):
         for j, f in enumerate(block.mixer.filters):

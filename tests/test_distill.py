@@ -11,7 +11,6 @@ import torch
 
 from hyena_rtf.distillation import UnstableFitError, check_stable, distill_checkpoint, distill_model
 from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
-from hyena_rtf.modeling.hyena import HyenaOperator
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.rtf import RTF
 from hyena_rtf.modeling.rtf_fit import aliased_kernel_direct, fit_numerator, fit_rtf, max_pole_radius

@@ -294,20 +294,23 @@ def fit_rtf(
     max_radius: float = 1.0 - 1e-5,
     param_dtype=torch.float32,
     hankel_taps: Optional[int] = None,
-    chunk: int = 64,
+    chunk: Optional[int] = None,
     progress: Optional[Callable[[str, int, int, Optional[float]], None]] = None,
 ) -> FitResult:
     """Fit an order-``state_size`` RTF bank to ``target`` kernels (C, L); see the module docstring.
 
     ``max_steps=0`` keeps the closed-form fit. Refinement stops when the summed relative squared
     error has improved by less than a fraction ``tol`` over the last ``patience`` steps.
+
     ``max_radius``: the pole modulus every channel must stay strictly below, checked on
     coefficients rounded to ``param_dtype``. The default margin of 1e-5 below the unit circle
-    rejects poles that sit on it to rounding (1/A is then infinite at one frequency) while keeping
-    responses that decay by only 0.5 % over 512 taps. ``progress(stage, done, total, loss)`` is called
-    after each chunk of ``chunk`` channels of the closed-form stage and every ``check_every``
-    refinement steps. The returned RTF is fp64; its stability is re-checked by
-    the caller on whatever it finally stores.
+    rejects poles that sit on it to rounding (1/A is then infinite at one frequency) while
+    keeping responses that decay by only 0.5 % over 512 taps.
+
+    ``progress(stage, done, total, loss)`` is called after each chunk of ``chunk`` channels of the
+    closed-form stage (default: sized for ~256 MiB of Hankel matrices) and every ``check_every``
+    refinement steps. The returned RTF is fp64; the caller re-checks stability on whatever it
+    finally stores.
     """
     if constraint not in ("none", "l1_montel"):
         raise ValueError(f"constraint must be 'none' or 'l1_montel', got {constraint!r}")
@@ -316,6 +319,8 @@ def fit_rtf(
     N = state_size
     if not 1 <= N < L:
         raise ValueError(f"state_size must be in [1, {L - 1}] for kernels of length {L}, got {N}")
+    if chunk is None:  # ~2^24 Hankel entries per chunk (two (chunk, M, M) fp64 tensors: ~256 MiB)
+        chunk = max(1, 2**24 // (L * L))
     parts = []
     for start in range(0, C, chunk):  # chunks bound the memory of the (chunk, M, M) Hankel matrices
         parts.append(closed_form_fit(target[start : start + chunk], N, constraint, param_dtype, max_radius,

@@ -228,6 +228,8 @@ def distill_checkpoint(
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists; pass overwrite=true or choose another out_dir")
     teacher, tokenizer = load_for_inference(path)
+    if eval_text is not None and tokenizer is None:
+        raise UserError(f"{path} carries no tokenizer; perplexity needs one (pass evaluate=false)")
 
     start = time.perf_counter()
     student, layers = distill_model(teacher, state_size, constraint, progress=progress, **fit_kwargs)
@@ -245,8 +247,6 @@ def distill_checkpoint(
         "rel_err_mean": sum(x["rel_err_mean"] for x in layers) / len(layers),
     }
     if eval_text is not None:
-        if tokenizer is None:
-            raise UserError(f"{path} carries no tokenizer; perplexity needs one (pass evaluate=false)")
         context = teacher.config.max_position_embeddings
         summary["split"] = eval_split
         summary["teacher_ppl"] = _perplexity(teacher, tokenizer, eval_text, context, batch_size, device, progress)

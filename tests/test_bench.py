@@ -262,6 +262,7 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
     assert all(1 < float(p) < 2 * vocab for p in ppl.column("token ppl"))
     assert all(float(r) < 1 for r in ppl.column("max pole radius")[1:])
     assert all(0 <= e < 1 for e in ppl.column("mean rel kernel err")[1:])
+    assert all(0 <= e < 1e-3 for e in ppl.column("recurrent vs parallel")[1:])
     dec = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
     settings = distill.MODES["smoke"]
     assert len(dec.rows) == 2 * len(settings["batches"]) * len(settings["positions"])

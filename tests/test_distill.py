@@ -247,3 +247,24 @@ def test_cli_distils_and_the_other_clis_take_the_result(tmp_path):
             out = torch.cat([out, nxt], 1)
             logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
     assert torch.equal(out, ref)
+
+
+@torch.no_grad()
+def test_l1_montel_fit_satisfies_the_constraint_and_shrinks_poles_radially():
+    from hyena_rtf.modeling.rtf_fit import shrink_to_l1
+
+    num, den, poles = low_order_bank(4, 6, 64, seed=3, r_max=0.98)
+    den_t = torch.from_numpy(den)
+    assert (den_t[:, 1:].abs().sum(-1) > 1).all()  # sharp enough that the constraint binds
+    shrunk = shrink_to_l1(den_t)
+    assert (shrunk[:, 1:].abs().sum(-1) <= 1 - 1e-3 + 1e-12).all()
+    for i in range(4):
+        new = np.roots(shrunk[i].numpy())
+        rho = np.abs(new).max() / np.abs(poles[i]).max()
+        assert 0 < rho < 1
+        for p in poles[i]:  # every pole moved towards 0 by the same factor
+            assert np.abs(new - rho * p).min() < 1e-8
+    target = RTF.from_transfer_function(num, den, l_max=64).kernel()
+    fit = fit_rtf(target, 6, constraint="l1_montel", max_steps=100, check_every=10, lr=1e-3)
+    assert (fit.rtf.denominator().abs().sum(-1) < 1).all() and (fit.pole_radius < 1).all()
+    assert (fit.rel_err <= fit.closed_form_rel_err * (1 + 1e-9)).all()

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import decode, gpu, quality, rtf, s4d, train_speed
+from . import decode, distill, gpu, quality, rtf, s4d, train_speed
 from .report import header
 
 BENCHMARKS = {
@@ -31,6 +31,7 @@ BENCHMARKS = {
     "train_speed": train_speed,
     "quality": quality,
     "gpu": gpu,
+    "distill": distill,
 }
 
 

@@ -284,3 +284,23 @@ def test_s4d_bench_skips_what_cannot_run(tmp_path, monkeypatch):
     assert grid.column("S4D ms")[2] > 0  # S4D runs at any N
     assert any("No RTF at (L, N) in [(64, 64)]" in n for n in grid.notes)
     assert summary.rows[0][-1] == pytest.approx(sum(grid.column("S4D / RTF")[:2]) / 2)
+
+@pytest.mark.slow
+def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
+    from bench import distill
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    report = distill.run("smoke", torch.device("cpu"), tmp_path)
+    vocab = distill.quality.SIZES["smoke"]["vocab"]
+    ppl = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("1."))
+    assert ppl.column("state size") == [None, *distill.MODES["smoke"]["states"], distill.L1_STATE]
+    assert all(1 < float(p) < 2 * vocab for p in ppl.column("token ppl"))
+    assert all(float(r) < 1 for r in ppl.column("max pole radius")[1:])
+    assert all(0 <= e < 1 for e in ppl.column("mean rel kernel err")[1:])
+    assert all(0 <= e < 1e-3 for e in ppl.column("recurrent vs parallel")[1:])
+    dec = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
+    settings = distill.MODES["smoke"]
+    assert len(dec.rows) == 2 * len(settings["batches"]) * len(settings["positions"])
+    assert all(v > 0 for v in dec.column("ms / token"))
+    saved = (tmp_path / "distill.json").read_text()
+    assert "teacher_ppl" in saved

@@ -33,6 +33,7 @@ TINY = [
     "model.num_hidden_layers=2",
     "model.max_position_embeddings=512",
     "model.state_size=4",
+    "model.num_attention_heads=4",
     "model.output_rank=null",
     "data.seq_len=64",
     "data.batch_size=4",

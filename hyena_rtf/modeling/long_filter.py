@@ -77,6 +77,16 @@ class LongFilter(nn.Module):
         """Parallel causal filtering: u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
         raise NotImplementedError
 
+    def _check_input(self, u: Tensor, max_len: Optional[int]) -> None:
+        """u must be (B, L, d_model); parallel mode also needs L <= max_len (the kernel length)."""
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must have shape (B, L, d_model={self.d_model}), got {tuple(u.shape)}")
+        if max_len is not None and u.shape[1] > max_len:
+            raise ValueError(
+                f"input length {u.shape[1]} exceeds l_max={max_len} in parallel mode; "
+                "use prefill() for longer inputs or build the filter with a larger l_max"
+            )
+
     def _no_recurrence(self) -> NotImplementedError:
         return NotImplementedError(
             f"{type(self).__name__} has no recurrent mode; use a filter with a recurrence "

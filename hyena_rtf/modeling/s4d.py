@@ -250,15 +250,6 @@ class S4D(LongFilter):
         return self._kernel(L, self._compute_dtype(), reference=True)
 
     # ------------------------------------------------------------------ parallel mode
-    def _check_input(self, u: Tensor, max_len: Optional[int]) -> None:
-        if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"u must have shape (B, L, d_model={self.d_model}), got {tuple(u.shape)}")
-        if max_len is not None and u.shape[1] > max_len:
-            raise ValueError(
-                f"input length {u.shape[1]} exceeds l_max={max_len} in parallel mode; "
-                "use prefill() for longer inputs or build the filter with a larger l_max"
-            )
-
     def forward(self, u: Tensor) -> Tensor:
         """Parallel (FFT) filtering: u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
         self._check_input(u, self.l_max)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import decode, quality, rtf, train_speed
+from . import decode, memory, quality, rtf, train_speed
 from .report import header
 
 BENCHMARKS = {
@@ -28,6 +28,7 @@ BENCHMARKS = {
     "decode": decode,
     "train_speed": train_speed,
     "quality": quality,
+    "memory": memory,
 }
 
 
@@ -35,7 +36,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {list(BENCHMARKS)})")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes)")
+    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes, memory about 10)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes that only check the benchmarks run (used by the tests)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for <name>.md and plots")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")

@@ -140,8 +140,13 @@ def evaluate(cfg) -> EvalResult:
     model, tokenizer = load_for_inference(cfg.ckpt_path, device)
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
+    data = instantiate(cfg.data)
+    if getattr(data, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
+        from .synthetic import evaluate_recall
+
+        return evaluate_recall(cfg, model, data, device)
     # The data config's own corpus (no token cache is built: the checkpoint's tokenizer is used).
-    corpus = instantiate(cfg.data).corpus
+    corpus = data.corpus
     text = corpus.text(cfg.split)
     ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")
     l_max = model.config.max_position_embeddings

@@ -86,10 +86,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _print_summary(cfg, trainer, module, datamodule, metrics, seconds: float) -> None:
     lines = [f"run dir        : {cfg.paths.output_dir}", f"wall time      : {seconds / 60:.1f} min"]
-    if "val/ppl" in metrics:
+    if "val/ppl" in metrics and hasattr(datamodule, "token_array"):
         uni = unigram_ppl(datamodule.token_array("train"), datamodule.token_array("validation"), len(datamodule.tokenizer))
         lines.append(f"val ppl        : {metrics['val/ppl']:.2f}  (unigram ppl of the same tokenizer on the same split: {uni:.2f})")
-    for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb"):
+    for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb", "val/acc", "val/exact", "test/acc", "test/exact"):
         if key in metrics and math.isfinite(metrics[key]):
             lines.append(f"{key:<15}: {metrics[key]:.3f}")
     last = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")

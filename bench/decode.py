@@ -52,12 +52,12 @@ def _recurrent(model, position: int, batch: int, device):
     vocab = model.config.vocab_size
     cache = model.new_cache()
     prompt = torch.randint(0, vocab, (1, position), device=device)
-    model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(batch)
     tok = [torch.randint(0, vocab, (batch, 1), device=device)]
 
     def step():
-        out = model(input_ids=tok[0], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=tok[0], cache=cache, use_cache=True, logits_to_keep=1)
         tok[0] = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
 
     return step, cache.memory_bytes()
@@ -86,7 +86,7 @@ def _attention(model, position: int, batch: int, device):
     kv_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
     def step():
-        out = model(input_ids=tok[0], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=tok[0], cache=cache, use_cache=True, logits_to_keep=1)
         tok[0] = out.logits[:, -1].argmax(-1, keepdim=True)
 
     return step, kv_bytes

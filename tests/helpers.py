@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -44,3 +45,17 @@ def wikitext_data(wikitext_dir: Path, cache_dir: Path) -> list[str]:
         "data.batch_size=8",
         f"paths.data_dir={cache_dir}",
     ]
+
+
+@torch.no_grad()
+def argmax_loop(model, ids: torch.Tensor, n: int, window: int | None = None) -> torch.Tensor:
+    """Reference greedy decoding: a full parallel forward over the (last ``window``) tokens per step.
+
+    Independent of every decoding cache: it only uses the model's parallel mode.
+    """
+    seq = ids
+    for _ in range(n):
+        ctx = seq if window is None else seq[:, -window:]
+        nxt = model(ctx).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        seq = torch.cat([seq, nxt], 1)
+    return seq

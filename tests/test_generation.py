@@ -5,8 +5,9 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from hyena_rtf.modeling.cache import HyenaCache, RecomputeCache
-from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+from hyena_rtf.modeling.modeling_hyena_rtf import CACHE_FIELD, HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
+from helpers import argmax_loop
 
 L_MAX = 64
 V = 97
@@ -21,6 +22,9 @@ def tiny(mixer, **overrides):
 MODELS = {
     "hyena_rtf": dict(mixer="hyena_rtf"),
     "hyena": dict(mixer="hyena"),
+    # A random tiny S4D model with the preset's 4 modes and short steps falls into repeating one
+    # token; more modes and longer steps give it the memory the non-degeneracy check below needs.
+    "hyena_s4d": dict(mixer="hyena_s4d", state_size=16, s4d_dt_min=0.1, s4d_dt_max=1.0),
     "attention-learned": dict(mixer="attention"),
     "attention-rotary": dict(mixer="attention", position_embedding_type="rotary"),
 }
@@ -35,16 +39,6 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def argmax_loop(model, ids, n, window=None):
-    """Reference greedy decoding: a full parallel forward over the (last ``window``) tokens each step."""
-    seq = ids
-    for _ in range(n):
-        ctx = seq if window is None else seq[:, -window:]
-        nxt = model(ctx).logits[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], 1)
-    return seq
-
-
 @pytest.mark.parametrize("key", list(MODELS))
 @torch.no_grad()
 def test_prefill_then_steps_reproduce_parallel_logits(key):
@@ -53,21 +47,22 @@ def test_prefill_then_steps_reproduce_parallel_logits(key):
     ref = model(ids).logits  # (2, L_MAX, V)
     for split in (1, 23):
         out = model(ids[:, :split], use_cache=True)
-        logits, cache = [out.logits], out.past_key_values
+        logits, cache = [out.logits], out[CACHE_FIELD]
         for t in range(split, L_MAX):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             logits.append(out.logits)
         assert cache.get_seq_length() == L_MAX
         assert rel_err(torch.cat(logits, 1), ref) < 1e-4, split
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_chunked_prefill_continues_a_recurrent_state():
-    model = build("hyena_rtf")
+def test_chunked_prefill_continues_a_recurrent_state(key):
+    model = build(key)
     ids = torch.randint(0, V, (2, 50))
     ref = model(ids).logits
     cache = model.new_cache()
-    parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in ((0, 17), (17, 18), (18, 50))]
+    parts = [model(ids[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 17), (17, 18), (18, 50))]
     assert isinstance(cache, HyenaCache)
     assert rel_err(torch.cat(parts, 1), ref) < 1e-4
 
@@ -86,9 +81,10 @@ def test_greedy_generate_equals_argmax_over_parallel_forwards(key, prompt_len):
     assert len(set(out[0, prompt_len:].tolist())) > 3  # not a degenerate repetition
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_recurrent_generation_runs_far_past_l_max():
-    model = build("hyena_rtf")
+def test_recurrent_generation_runs_far_past_l_max(key):
+    model = build(key)
     ids = torch.randint(0, V, (2, 5))
     n = 3 * L_MAX
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -115,13 +111,13 @@ def test_recompute_prefill_longer_than_l_max_scores_each_position_on_its_window(
     model = build("hyena")
     ids = torch.randint(0, V, (1, L_MAX + 5))
     out = model(ids, use_cache=True)
-    assert isinstance(out.past_key_values, RecomputeCache)
+    assert isinstance(out[CACHE_FIELD], RecomputeCache)
     for t in (3, L_MAX - 1, L_MAX, L_MAX + 4):
         ref = model(ids[:, max(0, t - L_MAX + 1) : t + 1]).logits[:, -1]
         assert rel_err(out.logits[:, t], ref) < 1e-5, t
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-learned"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "hyena_s4d", "attention-learned"])
 @torch.no_grad()
 def test_left_padded_batch_generation_equals_one_by_one(key):
     model = build(key)
@@ -137,7 +133,7 @@ def test_left_padded_batch_generation_equals_one_by_one(key):
         assert torch.equal(out[i, 9:], one[0, len(p) :]), i
 
 
-@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "hyena_s4d", "attention-rotary"])
 @torch.no_grad()
 def test_beam_search_with_cache_equals_beam_search_without(key):
     model = build(key)  # reorder_cache must follow the beams exactly
@@ -192,13 +188,67 @@ def test_learned_position_attention_cannot_generate_past_its_table():
         model.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10, min_new_tokens=10, do_sample=False)
 
 
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena_s4d"])
 @torch.no_grad()
-def test_recurrent_state_size_does_not_grow_with_position():
-    model = build("hyena_rtf")
-    cache = model(torch.randint(0, V, (2, 10)), use_cache=True).past_key_values
+def test_recurrent_state_size_does_not_grow_with_position(key):
+    # RTF: N fp32 numbers per channel; S4D: N/2 complex64 numbers, the same bytes.
+    model = build(key)
+    cache = model(torch.randint(0, V, (2, 10)), use_cache=True)[CACHE_FIELD]
     before = cache.memory_bytes()
-    model(torch.randint(0, V, (2, 150)), past_key_values=cache, use_cache=True)
+    model(torch.randint(0, V, (2, 150)), cache=cache, use_cache=True)
     cfg = model.config
     short = (cfg.hyena_order + 1) * cfg.hidden_size * (cfg.short_filter_order - 1)
     per_layer = short + (cfg.hyena_order - 1) * cfg.hidden_size * cfg.state_size
     assert cache.memory_bytes() == before == 2 * cfg.num_hidden_layers * per_layer * 4
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena", "attention-rotary"])
+@torch.no_grad()
+def test_both_cache_keywords_continue_the_same_state(key):
+    # transformers < 5.24 passes the cache as past_key_values=, >= 5.24 as cache=: both must
+    # continue the prompt's state, i.e. equal the parallel forward over prompt + new tokens.
+    model = build(key)
+    ids = torch.randint(0, V, (2, 12))
+    ref = model(ids).logits[:, 8:]
+    for name in ("cache", "past_key_values"):
+        out = model(ids[:, :8], use_cache=True)
+        assert getattr(out, CACHE_FIELD) is not None
+        nxt = model(ids[:, 8:], use_cache=True, **{name: out[CACHE_FIELD]})
+        assert rel_err(nxt.logits, ref) < 1e-4, name
+    with pytest.raises(ValueError, match="pass the decoding cache once"):
+        model(ids[:, 8:], cache=model.new_cache(), past_key_values=model.new_cache())
+
+
+@pytest.mark.parametrize("key", ["hyena_rtf", "hyena"])
+@torch.no_grad()
+def test_generate_accepts_a_user_cache(key):
+    # generate() asks every cache for is_linear (transformers >= 5.24); a cache made by the user
+    # and handed in under the installed keyword must decode exactly like the parallel reference.
+    model = build(key)
+    ids = torch.randint(0, V, (2, 5))
+    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False, **{CACHE_FIELD: model.new_cache()})
+    assert torch.equal(out, argmax_loop(model, ids, 20, window=L_MAX))
+
+
+@torch.no_grad()
+def test_generate_prints_no_deprecation_warning(recwarn, capsys):
+    from transformers.utils import logging as hf_logging
+
+    model = build("hyena_rtf")
+    hf_logging.enable_propagation()
+    try:
+        import logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("transformers").addHandler(handler)
+        model.generate(torch.randint(0, V, (1, 3)), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+        hf_logging.disable_propagation()
+    said = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    said += [str(w.message) for w in recwarn.list]
+    captured = capsys.readouterr()
+    said += [line for line in (captured.out + captured.err).splitlines() if "deprecat" in line.lower()]
+    assert not [m for m in said if "deprecat" in m.lower() or "cache" in m.lower()], said

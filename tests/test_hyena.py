@@ -7,6 +7,9 @@ import torch.nn.functional as F
 from hyena_rtf.modeling.fftconv import direct_conv
 from hyena_rtf.modeling.hyena import HyenaOperator
 from hyena_rtf.modeling.implicit_filter import ImplicitFilter
+from hyena_rtf.modeling.long_filter import LongFilter
+from hyena_rtf.modeling.rtf import RTF
+from hyena_rtf.modeling.s4d import S4D
 
 
 def reference_forward(op: HyenaOperator, u: torch.Tensor) -> torch.Tensor:
@@ -33,21 +36,30 @@ def reference_forward(op: HyenaOperator, u: torch.Tensor) -> torch.Tensor:
     return op.out_proj(y)
 
 
-@pytest.mark.parametrize("order,output_rank,filt", [(2, None, "rtf"), (3, 4, "rtf"), (2, 4, "implicit"), (3, None, "implicit")])
+@pytest.mark.parametrize(
+    "order,output_rank,filt",
+    [(2, None, "rtf"), (3, 4, "rtf"), (2, 4, "implicit"), (3, None, "implicit"), (2, 4, "s4d"), (3, None, "s4d")],
+)
 @torch.no_grad()
 def test_forward_matches_reference(order, output_rank, filt):
     op = HyenaOperator(8, 24, order=order, filter=filt, output_rank=output_rank,
-                       filter_kwargs={"state_size": 4} if filt == "rtf" else None).double().eval()
+                       filter_kwargs={"state_size": 4} if filt != "implicit" else None).double().eval()
     u = torch.randn(2, 24, 8, dtype=torch.float64)
     torch.testing.assert_close(op(u), reference_forward(op, u), atol=1e-10, rtol=0)
 
 
+FILTER_KWARGS = {
+    "rtf": {"state_size": 6, "init": "xavier", "constraint": "l1_montel"},
+    "s4d": {"state_size": 6},
+}
+
+
+@pytest.mark.parametrize("filt", ["rtf", "s4d"])
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @torch.no_grad()
-def test_prefill_then_step_equals_forward(order, dtype, tol):
-    op = HyenaOperator(8, 32, order=order, output_rank=4,
-                       filter_kwargs={"state_size": 6, "init": "xavier", "constraint": "l1_montel"})
+def test_prefill_then_step_equals_forward(order, dtype, tol, filt):
+    op = HyenaOperator(8, 32, order=order, output_rank=4, filter=filt, filter_kwargs=FILTER_KWARGS[filt])
     op = op.to(dtype).eval()
     u = torch.randn(3, 32, 8, dtype=dtype)
     y_ref = op(u)
@@ -68,9 +80,10 @@ def test_prefill_then_step_equals_forward(order, dtype, tol):
     assert ((torch.stack(ys, 1) - y_ref).abs().max() / y_ref.abs().max()).item() < tol
 
 
+@pytest.mark.parametrize("filt", ["rtf", "s4d"])
 @torch.no_grad()
-def test_prefill_beyond_l_max_equals_stepping():
-    op = HyenaOperator(6, 16, filter_kwargs={"state_size": 4}).double().eval()
+def test_prefill_beyond_l_max_equals_stepping(filt):
+    op = HyenaOperator(6, 16, filter=filt, filter_kwargs={"state_size": 4}).double().eval()
     u = torch.randn(2, 50, 6, dtype=torch.float64)  # three chunks and a bit
     y_pre, st_pre = op.prefill(u)
     state = op.initial_state(2, dtype=torch.float64)
@@ -142,3 +155,61 @@ def test_bad_inputs():
         op(torch.randn(1, 8, 3))
     with pytest.raises(ValueError, match="u_t"):
         op.step(torch.randn(1, 1, 4), op.initial_state(1))
+
+
+class _Moving(LongFilter):
+    """A filter defined outside the package: the mean of the current and previous input."""
+
+    has_recurrence = True
+
+    def __init__(self, d_model, l_max, device=None, dtype=None):
+        super().__init__()
+        self.d_model, self.l_max = d_model, l_max
+        self.scale = torch.nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def kernel(self, L=None):
+        L = self.l_max if L is None else L
+        return F.pad(0.5 * self.scale.unsqueeze(-1).expand(-1, 2), (0, max(L - 2, 0)))[:, :L]
+
+    def forward(self, u):
+        return direct_conv(u, self.kernel(u.shape[1]))
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.d_model, device=device, dtype=dtype or self.scale.dtype)
+
+    def prefill(self, u, state=None):
+        state = self.initial_state(u.shape[0], u.device, u.dtype) if state is None else state
+        prev = torch.cat([state.unsqueeze(1), u[:, :-1]], 1)  # (B, T, D)
+        return 0.5 * self.scale * (u + prev), u[:, -1]
+
+    def step(self, u_t, state):
+        return 0.5 * self.scale * (u_t + state), u_t
+
+
+@torch.no_grad()
+def test_operator_takes_any_long_filter_class_and_its_recurrence():
+    """The seam: a LongFilter subclass unknown to the registry runs in parallel and recurrent mode."""
+    op = HyenaOperator(4, 12, filter=_Moving).double().eval()
+    assert op.filter == "_Moving" and op.has_recurrence
+    u = torch.randn(2, 12, 4, dtype=torch.float64)
+    y_ref = reference_forward(op, u)
+    y, state = op.prefill(u[:, :5])
+    ys = [y]
+    for t in range(5, 12):
+        y_t, state = op.step(u[:, t], state)
+        ys.append(y_t.unsqueeze(1))
+    torch.testing.assert_close(torch.cat(ys, 1), y_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(op(u), y_ref, atol=1e-12, rtol=0)
+
+
+def test_recurrence_follows_the_filters_not_their_names():
+    assert HyenaOperator(4, 16, filter="rtf", filter_kwargs={"state_size": 3}).has_recurrence
+    assert HyenaOperator(4, 16, filter="s4d", filter_kwargs={"state_size": 4}).has_recurrence
+    assert not HyenaOperator(4, 16, filter="implicit").has_recurrence
+    bi = HyenaOperator(4, 16, filter_kwargs={"state_size": 3, "bidirectional": True})
+    assert not bi.has_recurrence
+    with pytest.raises(NotImplementedError, match="no recurrent mode"):
+        bi.initial_state(1)
+    op = HyenaOperator(4, 16, filter=S4D, filter_kwargs={"state_size": 4})
+    assert isinstance(op.filters[0], S4D) and op.filters[0].state_size == 4
+    assert all(isinstance(f, LongFilter) for f in (RTF(2, 2, 8), ImplicitFilter(2, 8), S4D(2, 2, 8)))

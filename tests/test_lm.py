@@ -12,8 +12,9 @@ from hyena_rtf.modeling.implicit_filter import ImplicitFilter
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import PRESETS, preset_config
 from hyena_rtf.modeling.rtf import RTF
+from hyena_rtf.modeling.s4d import S4D
 
-MIXERS = ["hyena_rtf", "hyena", "attention"]
+MIXERS = ["hyena_rtf", "hyena", "hyena_s4d", "attention"]
 
 
 def tiny(mixer, **overrides):
@@ -39,6 +40,9 @@ def tiny(mixer, **overrides):
         (dict(embed_dropout=1.0), "embed_dropout"),
         (dict(resid_dropout=-0.1), "resid_dropout"),
         (dict(mixer="hyena", implicit_emb_dim=4), "implicit_emb_dim"),
+        (dict(mixer="hyena_s4d", state_size=7), "state_size"),
+        (dict(mixer="hyena_s4d", s4d_dt_min=0.0), "s4d_dt_min"),
+        (dict(mixer="hyena_s4d", s4d_dt_min=0.2, s4d_dt_max=0.1), "s4d_dt_min"),
         (dict(mixer="attention", num_attention_heads=7), "num_attention_heads"),
         (dict(mixer="attention", position_embedding_type="alibi"), "position_embedding_type"),
         (dict(mixer="attention", hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"),
@@ -65,12 +69,14 @@ def test_unknown_preset_lists_the_choices():
         preset_config("hyena_rtf-7b")
 
 
-def test_presets_cover_three_mixers_and_three_sizes():
+def test_presets_cover_four_mixers_and_three_sizes():
     assert set(PRESETS) == {f"{m}-{s}" for m in MIXERS for s in ("125m", "small", "tiny")}
-    # The 125m presets differ in the mixer only.
-    base = {k: v for k, v in PRESETS["hyena_rtf-125m"].items() if k != "mixer"}
+    # The 125m presets differ in the mixer (and the fields only that mixer reads) only.
+    shared = lambda p: {k: v for k, v in p.items() if k != "mixer" and not k.startswith("s4d_")}  # noqa: E731
+    base = shared(PRESETS["hyena_rtf-125m"])
     for m in MIXERS:
-        assert {k: v for k, v in PRESETS[f"{m}-125m"].items() if k != "mixer"} == base
+        assert shared(PRESETS[f"{m}-125m"]) == base
+    assert PRESETS["hyena_s4d-125m"]["s4d_dt_min"] == 1e-3 and PRESETS["hyena_s4d-125m"]["s4d_dt_max"] == 1e-1
 
 
 def _count(name):
@@ -88,6 +94,8 @@ def test_parameter_counts_of_the_125m_presets():
     RTF filter: a 768x64 + b 768x64 + h0 768 + montel scale 768 = 99,840.
     Implicit filter (width 64, emb_dim 3, 3 sine layers with their own frequencies): positions
     1024*3 + MLP (3*64+64) + 2*(64*64+64) + 64*768 + sines 3*64 + skip 768 = 61,760.
+    S4D filter (state 64 = 32 complex modes): log dt 768 + A (real, imag) 2*768*32 + C (complex)
+    2*768*32 + D 768 = 99,840, the same as RTF.
     Attention: qkv 768*2304+2304 = 1,771,776; out_proj 590,592.
     Embedding 50264*768 = 38,602,752 (tied head); final LN 1,536; learned positions 1024*768.
     """
@@ -97,6 +105,7 @@ def test_parameter_counts_of_the_125m_presets():
     expected = {
         "hyena_rtf-125m": 12 * (hyena_common + 99_840) + embed,
         "hyena-125m": 12 * (hyena_common + 61_760) + embed,
+        "hyena_s4d-125m": 12 * (hyena_common + 99_840) + embed,
         "attention-125m": 12 * (1_771_776 + 590_592 + mlp_ln) + embed + 1024 * 768,
     }
     for name, n_expected in expected.items():
@@ -108,6 +117,8 @@ def test_parameter_counts_of_the_125m_presets():
     assert expected["attention-125m"] == 124_439_808 + 7 * 768
     rtf = [m for m in _count("hyena_rtf-125m")[0].modules() if isinstance(m, RTF)]
     assert len(rtf) == 12 and all(m.state_size == 64 and m.l_max == 1024 for m in rtf)
+    s4d = [m for m in _count("hyena_s4d-125m")[0].modules() if isinstance(m, S4D)]
+    assert len(s4d) == 12 and all(m.state_size == 64 and m.l_max == 1024 for m in s4d)
 
 
 # ---------------------------------------------------------------------------- init
@@ -129,6 +140,18 @@ def test_gpt2_init_scales_residual_projections_and_leaves_filters_alone():
     f = mixer.filters[0]
     assert f.b.abs().max() <= 1 / math.sqrt(cfg.state_size) and f.b.std() > 0.05  # xavier, untouched
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_gpt2_init_leaves_s4d_filters_at_their_s4d_lin_init():
+    model = HyenaRTFForCausalLM(preset_config("hyena_s4d-tiny", vocab_size=100))
+    f = model.model.layers[0].mixer.filters[0]
+    assert isinstance(f, S4D)
+    modes = torch.arange(f.state_size // 2, dtype=torch.float32)
+    torch.testing.assert_close(f.a_imag, math.pi * modes.expand_as(f.a_imag))  # A = -1/2 + i pi n
+    torch.testing.assert_close(f.log_neg_a_real.exp(), torch.full_like(f.a_imag, 0.5))
+    dt = f.log_dt.exp()
+    assert dt.min() >= 1e-3 * (1 - 1e-6) and dt.max() <= 1e-1 * (1 + 1e-6) and dt.std() > 0
+    assert 0.5 < f.c.std() * math.sqrt(2) < 1.5  # complex normal C, not N(0, 0.02)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -190,7 +213,7 @@ def test_learned_positions_refuse_sequences_past_the_table():
         model(torch.zeros(1, 33, dtype=torch.long))
 
 
-@pytest.mark.parametrize("mixer", ["hyena_rtf", "hyena"])
+@pytest.mark.parametrize("mixer", ["hyena_rtf", "hyena", "hyena_s4d"])
 def test_parallel_mode_refuses_sequences_longer_than_l_max(mixer):
     with pytest.raises(ValueError, match="max_position_embeddings=32"):
         tiny(mixer)(torch.zeros(1, 33, dtype=torch.long))
@@ -239,7 +262,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_param_groups_partition_the_parameters(mixer):
     model = tiny(mixer)
-    filt = {id(p) for m in model.modules() if isinstance(m, (RTF, ImplicitFilter)) for p in m.parameters()}
+    filt = {id(p) for m in model.modules() if isinstance(m, (RTF, ImplicitFilter, S4D)) for p in m.parameters()}
     for decay_all in (True, False):
         groups = model.param_groups(weight_decay=0.25, filter_lr=1e-3, decay_norm_and_bias=decay_all)
         seen = [id(p) for g in groups for p in g["params"]]
@@ -248,7 +271,7 @@ def test_param_groups_partition_the_parameters(mixer):
         if mixer == "attention":
             assert "filter" not in by_name
         else:
-            assert {id(p) for p in by_name["filter"]["params"]} == filt
+            assert filt and {id(p) for p in by_name["filter"]["params"]} == filt
             assert by_name["filter"]["lr"] == 1e-3 and by_name["filter"]["weight_decay"] == 0.0
         assert by_name["decay"]["weight_decay"] == 0.25
         if decay_all:

@@ -1,14 +1,18 @@
 """Decoding caches of the Hyena mixers (the attention mixer uses transformers' DynamicCache).
 
-:class:`HyenaCache` holds the recurrent state of every Hyena-RTF layer: a fixed-size object
-(short-filter window plus RTF companion states) whose size does not grow with the number of
-tokens. :class:`RecomputeCache` serves the implicit-filter baseline, which has no finite state:
-it keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
-parallel forward over (at most) the last ``window`` positions.
+Which cache a Hyena model uses depends only on whether its long filters have a recurrence
+(``LongFilter.has_recurrence``), never on their names:
 
-Both implement the few methods ``transformers.GenerationMixin`` calls on a cache object
-(``get_seq_length``, ``reorder_cache`` for beam search, ``batch_repeat_interleave`` and
-``batch_select_indices``) without depending on transformers.
+- :class:`HyenaCache` holds the recurrent state of every layer whose filters have one (RTF, S4D):
+  a fixed-size object (short-filter window plus one filter state per long convolution) whose size
+  does not grow with the number of tokens.
+- :class:`RecomputeCache` serves filters without a finite state (the implicit-filter baseline): it
+  keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
+  parallel forward over (at most) the last ``window`` positions.
+
+Both implement the few methods and flags ``transformers.GenerationMixin`` calls on a cache object
+(``get_seq_length``, ``reorder_cache`` for beam search, ``batch_repeat_interleave``,
+``batch_select_indices``, ``is_compileable``, ``is_linear``) without depending on transformers.
 """
 
 from __future__ import annotations
@@ -29,7 +33,18 @@ def _map_state(state: HyenaState, fn: Callable[[Tensor], Tensor]) -> HyenaState:
 
 class _BatchRows:
     """Batch-row operations generate() calls on a cache (beam search, contrastive search), all
-    through the subclass's ``_apply(fn)`` over its tensors."""
+    through the subclass's ``_apply(fn)`` over its tensors, and the flags it reads."""
+
+    is_compileable = False
+    is_croppable = False
+
+    @property
+    def is_linear(self) -> list[bool]:
+        # generate() (transformers >= 5.24) asks whether every layer is a linear-attention layer;
+        # if so it stops trusting get_seq_length() to tell which input ids are already in the
+        # cache. Ours count every token they have seen, exactly like a KV cache, so they answer
+        # False and generate() passes only the new tokens.
+        return [False]
 
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         raise NotImplementedError
@@ -46,14 +61,11 @@ class _BatchRows:
 
 
 class HyenaCache(_BatchRows):
-    """Recurrent state of a Hyena-RTF stack: one :class:`~.hyena.HyenaState` per layer.
+    """Recurrent state of a stack of recurrent Hyena layers: one :class:`~.hyena.HyenaState` per layer.
 
     ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
     (padding included), which is what ``generate`` asks for through ``get_seq_length``.
     """
-
-    is_compileable = False
-    is_croppable = False
 
     def __init__(self, num_layers: int):
         self.states: list[Optional[HyenaState]] = [None] * num_layers
@@ -89,15 +101,12 @@ class HyenaCache(_BatchRows):
 
 
 class RecomputeCache(_BatchRows):
-    """Input history of the implicit-filter baseline: the last ``window - 1`` embeddings.
+    """Input history of a Hyena stack without a recurrence: the last ``window - 1`` embeddings.
 
     ``embeds`` (B, t, D) and ``real`` (B, t) (False on padding) with t < window. Decoding a token
     re-runs the whole parallel model over the history plus the new token, so each step costs a
-    forward of up to ``window`` positions: the slow baseline that recurrent RTF decoding replaces.
+    forward of up to ``window`` positions: the slow baseline that recurrent decoding replaces.
     """
-
-    is_compileable = False
-    is_croppable = False
 
     def __init__(self, window: int):
         self.window = window

@@ -1,8 +1,9 @@
 """HyenaRTFConfig: the Hugging Face configuration of the Hyena-RTF decoder LM and its baselines.
 
-One backbone, three mixers (``mixer``): ``"hyena_rtf"`` (Hyena operator with RTF long filters,
-the default), ``"hyena"`` (Hyena's implicit MLP filters) and ``"attention"`` (causal multi-head
-attention). Field names follow the transformers conventions (``hidden_size``,
+One backbone, four mixers (``mixer``): ``"hyena_rtf"`` (Hyena operator with RTF long filters,
+the default), ``"hyena"`` (Hyena's implicit MLP filters), ``"hyena_s4d"`` (diagonal SSM filters)
+and ``"attention"`` (causal multi-head attention). The Hyena mixers and their filters are named in
+one place, :mod:`.filters`; each filter validates its own fields (``LongFilter.check_config``). Field names follow the transformers conventions (``hidden_size``,
 ``num_hidden_layers``, ``max_position_embeddings``...) so generic tooling (``generate``,
 lm-eval, ``AutoModelForCausalLM``) reads them; ``max_position_embeddings`` is the Hyena filter
 length ``l_max`` and therefore the context length of parallel mode.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from .filters import FILTERS, MIXER_FILTERS
+from .long_filter import ConfigCheck
+
 __all__ = ["HyenaRTFConfig", "MIXERS"]
 
-MIXERS = ("hyena_rtf", "hyena", "attention")
-_RTF_INITS = ("zeros", "xavier", "montel")
-_RTF_CONSTRAINTS = ("l1_montel", "none")
+MIXERS = (*MIXER_FILTERS, "attention")
 _POSITION_TYPES = ("learned", "rotary")
 
 
@@ -35,7 +37,7 @@ class HyenaRTFConfig(PreTrainedConfig):
         intermediate_size: MLP width (default 4 * hidden_size).
         max_position_embeddings: l_max, the longest sequence of parallel (training) mode; the
             Hyena filter length and the table size of learned positions.
-        mixer: ``"hyena_rtf"`` | ``"hyena"`` | ``"attention"``.
+        mixer: ``"hyena_rtf"`` | ``"hyena"`` | ``"hyena_s4d"`` | ``"attention"``.
         embed_dropout, resid_dropout: dropout on the embeddings and on each residual branch.
         mixer_dropout: Hyena's dropout on the gated input of each long convolution, or the
             attention-probability dropout of the attention mixer.
@@ -46,18 +48,20 @@ class HyenaRTFConfig(PreTrainedConfig):
         pad_vocab_size_multiple: pad the embedding rows to a multiple of this (8 = tensor-core friendly).
         tie_word_embeddings: share the input embedding with the LM head.
 
-    Hyena (``hyena_rtf`` and ``hyena``):
+    Hyena (``hyena_rtf``, ``hyena`` and ``hyena_s4d``):
         hyena_order: number of gates; ``hyena_order - 1`` long convolutions per layer.
         short_filter_order: width of the causal depthwise short convolution.
         output_rank: None for a Linear(D, D) output projection; r for RMSNorm -> Linear(D, r) ->
             GELU -> Linear(r, D) (the paper's low-rank head).
-        state_size: RTF order N (``hyena_rtf``); must be < max_position_embeddings.
+        state_size: RTF order N (``hyena_rtf``; must be < max_position_embeddings), or the real
+            state size of each S4D channel (``hyena_s4d``; even: N/2 complex conjugate pairs).
         rtf_num_a: number of distinct RTF denominators per filter bank (None: one per channel).
         rtf_init: ``"xavier"`` | ``"montel"`` | ``"zeros"``.
         rtf_constraint: ``"l1_montel"`` (poles strictly inside the unit circle) | ``"none"``.
         filter_dropout: dropout on the long-filter kernel taps.
         implicit_filter_order, implicit_emb_dim: MLP width and positional-encoding size of the
             implicit filter (``hyena``).
+        s4d_dt_min, s4d_dt_max: range of the log-uniform initial S4D step sizes (``hyena_s4d``).
 
     Attention (``attention``):
         num_attention_heads: heads; must divide hidden_size.
@@ -84,6 +88,8 @@ class HyenaRTFConfig(PreTrainedConfig):
     filter_dropout: float = 0.0
     implicit_filter_order: int = 64
     implicit_emb_dim: int = 3
+    s4d_dt_min: float = 1e-3
+    s4d_dt_max: float = 1e-1
     num_attention_heads: int = 12
     position_embedding_type: str = "learned"
     rotary_base: float = 10000.0
@@ -114,59 +120,28 @@ class HyenaRTFConfig(PreTrainedConfig):
 
     def check_values(self) -> None:
         """Raise ValueError naming the first field with an unusable value."""
-
-        def fail(field: str, what: str) -> None:
-            raise ValueError(f"HyenaRTFConfig.{field} {what}, got {getattr(self, field)!r}")
-
-        def need_int(field: str, low: int = 1) -> None:
-            value = getattr(self, field)
-            if not (_is_int(value) and value >= low):
-                fail(field, f"must be an integer >= {low}")
-
-        def need_choice(field: str, choices: tuple) -> None:
-            if getattr(self, field) not in choices:
-                fail(field, f"must be one of {choices}")
-
-        def need_positive(field: str) -> None:
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and value > 0):
-                fail(field, "must be > 0")
-
+        check = ConfigCheck(self)
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "pad_vocab_size_multiple"):
-            need_int(field)
-        need_int("max_position_embeddings", low=2)
-        need_choice("mixer", MIXERS)
+            check.need_int(field)
+        check.need_int("max_position_embeddings", low=2)
+        check.need_choice("mixer", MIXERS)
         for field in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):
             value = getattr(self, field)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                fail(field, "must be a probability in [0, 1)")
-        need_positive("layer_norm_epsilon")
-        need_positive("initializer_range")
-        if self.mixer in ("hyena_rtf", "hyena"):
-            need_int("hyena_order", low=2)
-            need_int("short_filter_order")
+                check.fail(field, "must be a probability in [0, 1)")
+        check.need_positive("layer_norm_epsilon")
+        check.need_positive("initializer_range")
+        if self.mixer in MIXER_FILTERS:
+            check.need_int("hyena_order", low=2)
+            check.need_int("short_filter_order")
             if self.output_rank is not None:
-                need_int("output_rank")
-        if self.mixer == "hyena_rtf":
-            need_int("state_size")
-            if self.state_size >= self.max_position_embeddings:
-                fail("state_size", f"must be smaller than max_position_embeddings={self.max_position_embeddings}")
-            if self.rtf_num_a is not None:
-                need_int("rtf_num_a")
-                if self.hidden_size % self.rtf_num_a:
-                    fail("rtf_num_a", f"must be None or a divisor of hidden_size={self.hidden_size}")
-            need_choice("rtf_init", _RTF_INITS)
-            need_choice("rtf_constraint", _RTF_CONSTRAINTS)
-        if self.mixer == "hyena":
-            need_int("implicit_filter_order")
-            need_int("implicit_emb_dim", low=3)
-            if self.implicit_emb_dim % 2 == 0:
-                fail("implicit_emb_dim", "must be odd (time plus sine/cosine pairs)")
+                check.need_int("output_rank")
+            FILTERS[MIXER_FILTERS[self.mixer]].check_config(self)
         if self.mixer == "attention":
-            need_int("num_attention_heads")
+            check.need_int("num_attention_heads")
             if self.hidden_size % self.num_attention_heads:
-                fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
-            need_choice("position_embedding_type", _POSITION_TYPES)
+                check.fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
+            check.need_choice("position_embedding_type", _POSITION_TYPES)
             if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
-                fail("num_attention_heads", "must leave an even head size (hidden_size / heads) for rotary")
-            need_positive("rotary_base")
+                check.fail("num_attention_heads", "must leave an even head size (hidden_size / heads) for rotary")
+            check.need_positive("rotary_base")

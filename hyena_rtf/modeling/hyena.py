@@ -6,32 +6,33 @@ each smoothed by a causal depthwise convolution of width ``short_filter_order``;
     v <- long_conv_i(dropout(v * x_{O-1-i}))   for i = 0 .. O-2
     y  = out(v * x_0)
 
-Long convolutions are RTF filters (parallel FFT mode for training, companion-form recurrence for
-decoding) or Hyena's implicit filters (parallel only). The feed-through of each long convolution
-is tap 0 of its kernel; it is added once (the reference code added the RTF feed-through twice).
+Long convolutions are any :class:`~.long_filter.LongFilter`: RTF (the default), S4D or Hyena's
+implicit filters, named through :mod:`.filters` or passed as a class. The operator has a recurrent
+mode (prefill / step) exactly when all its filters have one. The feed-through of each long
+convolution is tap 0 of its kernel; it is added once (the reference code added the RTF
+feed-through twice).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .implicit_filter import ImplicitFilter
-from .rtf import RTF
+from .filters import filter_class
+from .long_filter import LongFilter
 
 __all__ = ["HyenaOperator", "HyenaState"]
-
-_FILTERS = ("rtf", "implicit")
 
 
 class HyenaState(NamedTuple):
     """Recurrent state of one Hyena operator.
 
     short: (B, (order+1)*d_model, short_filter_order-1), the last raw ``in_proj`` outputs.
-    long: one (B, d_model, state_size) companion state per long convolution.
+    long: one state per long convolution, as its filter's ``initial_state`` makes it (RTF: a
+        (B, d_model, state_size) companion state; S4D: a (B, d_model, state_size/2) complex one).
     """
 
     short: Tensor
@@ -39,15 +40,17 @@ class HyenaState(NamedTuple):
 
 
 class HyenaOperator(nn.Module):
-    """Hyena mixer with RTF (default) or implicit long filters.
+    """Hyena mixer with long filters of any :class:`~.long_filter.LongFilter` class.
 
     Args:
         d_model: model width.
         l_max: longest sequence of parallel mode (the long-filter kernel length).
         order: number of gates (>= 2); order - 1 long convolutions.
-        filter: ``"rtf"`` or ``"implicit"``.
+        filter: a name of :data:`~.filters.FILTERS` (``"rtf"``, ``"s4d"``, ``"implicit"``) or a
+            LongFilter subclass, built as ``cls(d_model, l_max=l_max, **filter_kwargs)``.
         filter_kwargs: extra arguments of the filter class (RTF: state_size, num_a, init,
-            constraint, dropout; implicit: emb_dim, filter_order, ...).
+            constraint, dropout; S4D: state_size, dt_min, dt_max, dropout; implicit: emb_dim,
+            filter_order, ...), on top of the class's ``default_kwargs(l_max)``.
         short_filter_order: width of the causal depthwise convolution.
         dropout: dropout on the gated input of each long convolution.
         output_rank: None for a ``Linear(d, d)`` output projection; an int r for the paper's
@@ -59,7 +62,7 @@ class HyenaOperator(nn.Module):
         d_model: int,
         l_max: int,
         order: int = 2,
-        filter: str = "rtf",
+        filter: Union[str, type[LongFilter]] = "rtf",
         filter_kwargs: Optional[dict] = None,
         short_filter_order: int = 3,
         dropout: float = 0.0,
@@ -70,8 +73,7 @@ class HyenaOperator(nn.Module):
         super().__init__()
         if order < 2:
             raise ValueError(f"order must be >= 2 (one long convolution at least), got {order}")
-        if filter not in _FILTERS:
-            raise ValueError(f"filter must be one of {_FILTERS}, got {filter!r}")
+        filter_cls = filter_class(filter)
         if short_filter_order < 1:
             raise ValueError(f"short_filter_order must be >= 1, got {short_filter_order}")
         if output_rank is not None and output_rank < 1:
@@ -79,19 +81,17 @@ class HyenaOperator(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         factory = {"device": device, "dtype": dtype}
-        self.d_model, self.l_max, self.order, self.filter = d_model, l_max, order, filter
+        self.d_model, self.l_max, self.order = d_model, l_max, order
+        self.filter = filter if isinstance(filter, str) else filter_cls.__name__
         self.short_filter_order = short_filter_order
         channels = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, channels, **factory)
         # Padding is applied by hand (left only) so that prefill can prepend a saved window.
         self.short_filter = nn.Conv1d(channels, channels, short_filter_order, groups=channels, **factory)
-        kwargs = dict(filter_kwargs or {})
-        if filter == "rtf":
-            kwargs.setdefault("state_size", min(64, l_max - 1))
-            make = lambda: RTF(d_model, l_max=l_max, device=device, dtype=dtype, **kwargs)  # noqa: E731
-        else:
-            make = lambda: ImplicitFilter(d_model, l_max, device=device, dtype=dtype, **kwargs)  # noqa: E731
-        self.filters = nn.ModuleList([make() for _ in range(order - 1)])
+        kwargs = {**filter_cls.default_kwargs(l_max), **(filter_kwargs or {})}
+        self.filters = nn.ModuleList(
+            [filter_cls(d_model, l_max=l_max, device=device, dtype=dtype, **kwargs) for _ in range(order - 1)]
+        )
         self.dropout = nn.Dropout(dropout)
         if output_rank is None:
             self.out_norm = self.mimo_proj = None
@@ -119,10 +119,16 @@ class HyenaOperator(nn.Module):
             shape = "(B, L, d_model)" if dims == 3 else "(B, d_model)"
             raise ValueError(f"{name} must have shape {shape} with d_model={self.d_model}, got {tuple(u.shape)}")
 
+    @property
+    def has_recurrence(self) -> bool:
+        """Whether every long filter has a finite recurrent state (then prefill/step exist)."""
+        return all(f.has_recurrence for f in self.filters)
+
     def _check_recurrent(self) -> None:
-        if self.filter != "rtf":
+        if not self.has_recurrence:
             raise NotImplementedError(
-                f"filter={self.filter!r} has no recurrent mode; use filter='rtf' for prefill/step decoding"
+                f"filter={self.filter!r} has no recurrent mode; use a filter with a recurrence "
+                "(filter='rtf' or filter='s4d') for prefill/step decoding"
             )
 
     # ------------------------------------------------------------------ parallel mode
@@ -132,7 +138,7 @@ class HyenaOperator(nn.Module):
         if u.shape[1] > self.l_max:
             raise ValueError(
                 f"input length {u.shape[1]} exceeds l_max={self.l_max} in parallel mode; "
-                "use prefill()/step() (RTF filters) for longer sequences"
+                "use prefill()/step() (recurrent filters) for longer sequences"
             )
         z = self.in_proj(u).transpose(1, 2)  # (B, C, L)
         zc = self.short_filter(F.pad(z, (self.short_filter_order - 1, 0)))  # (B, C, L), causal
@@ -148,7 +154,7 @@ class HyenaOperator(nn.Module):
         short = torch.zeros(
             batch_size, w.shape[0], self.short_filter_order - 1, device=device, dtype=dtype or w.dtype
         )
-        return HyenaState(short, tuple(f.initial_state(batch_size, device=device) for f in self.filters))
+        return HyenaState(short, tuple(f.initial_state(batch_size, device=device, dtype=dtype) for f in self.filters))
 
     def prefill(self, u: Tensor, state: Optional[HyenaState] = None) -> tuple[Tensor, HyenaState]:
         """Process a prompt u (B, T, d_model) of any length; return outputs and the final state.

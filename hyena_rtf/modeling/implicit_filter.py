@@ -3,19 +3,21 @@
 The kernel is ``h(t) = MLP(pos(t)) * (exp(-|delta| t) + shift)`` with sine activations, where
 ``pos`` is a small sinusoidal positional encoding of normalised time. The per-channel skip term
 ("bias" in the original code) is folded into tap 0 of the kernel, so the filter has exactly the
-same interface as :class:`~.rtf.RTF`. It has no finite-dimensional state: recurrent decoding with
-it must recompute (or cache the whole input history).
+same parallel interface as :class:`~.rtf.RTF`. It has no finite-dimensional state
+(``has_recurrence`` is false): recurrent decoding with it must recompute (or cache the whole
+input history).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .fftconv import fft_conv
+from .long_filter import ConfigCheck, LongFilter
 
 __all__ = ["ImplicitFilter"]
 
@@ -31,7 +33,7 @@ class _Sin(nn.Module):
         return torch.sin(self.freq * x)
 
 
-class ImplicitFilter(nn.Module):
+class ImplicitFilter(LongFilter):
     """Implicit (MLP-parametrised) long-convolution filter bank of ``d_model`` channels.
 
     Args:
@@ -71,6 +73,7 @@ class ImplicitFilter(nn.Module):
         if l_max < 1 or d_model < 1 or filter_order < 1:
             raise ValueError("d_model, l_max and filter_order must be >= 1")
         self.d_model, self.l_max, self.normalized, self.shift = d_model, l_max, normalized, shift
+        self.fast_decay_pct, self.slow_decay_pct, self.target = fast_decay_pct, slow_decay_pct, target
         factory = {"device": device, "dtype": dtype}
         # Positional encoding: normalised time plus complex exponentials of a few frequencies.
         t = torch.linspace(0, 1, l_max, **factory).unsqueeze(-1)  # (l_max, 1)
@@ -85,12 +88,38 @@ class ImplicitFilter(nn.Module):
             layers += [nn.Linear(filter_order, filter_order, **factory), _Sin(filter_order, w)]
         layers.append(nn.Linear(filter_order, d_model, bias=False, **factory))
         self.mlp = nn.Sequential(*layers)
-        deltas = torch.linspace(
-            math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct, d_model, **factory
-        )
-        self.register_buffer("deltas", deltas.abs())
+        self.register_buffer("deltas", self._deltas(**factory))
         self.bias = nn.Parameter(torch.randn(d_model, **factory))  # skip term, lives on tap 0
         self.dropout = nn.Dropout(dropout)
+
+    def _deltas(self, device=None, dtype=None) -> Tensor:
+        """Decay rates (d_model,): the window reaches ``target`` between the fast and slow horizons."""
+        log_t = math.log(self.target)
+        deltas = torch.linspace(
+            log_t / self.fast_decay_pct, log_t / self.slow_decay_pct, self.d_model, device=device, dtype=dtype
+        )
+        return deltas.abs()
+
+    def init_buffers(self) -> None:
+        """Recompute the time grid and decay rates (registered buffers, absent from checkpoints saved
+        by ``from_pretrained``'s meta-device construction)."""
+        with torch.no_grad():
+            t = torch.linspace(0, 1, self.l_max, device="cpu", dtype=self.t.dtype).unsqueeze(-1)  # (l_max, 1)
+            self.t.copy_(t)
+            self.deltas.copy_(self._deltas(device="cpu", dtype=self.deltas.dtype))
+
+    @classmethod
+    def config_kwargs(cls, config: Any) -> dict:
+        return dict(emb_dim=config.implicit_emb_dim, filter_order=config.implicit_filter_order,
+                    dropout=config.filter_dropout)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        check = ConfigCheck(config)
+        check.need_int("implicit_filter_order")
+        check.need_int("implicit_emb_dim", low=3)
+        if config.implicit_emb_dim % 2 == 0:
+            check.fail("implicit_emb_dim", "must be odd (time plus sine/cosine pairs)")
 
     def kernel(self, L: Optional[int] = None) -> Tensor:
         """Time-domain kernel (d_model, L), tap 0 including the skip term."""
@@ -113,10 +142,8 @@ class ImplicitFilter(nn.Module):
             raise ValueError(f"input length {u.shape[1]} exceeds l_max={self.l_max}")
         return fft_conv(u, self.kernel(u.shape[1]))
 
-    def _no_state(self, *args, **kwargs):
-        raise NotImplementedError(
+    def _no_recurrence(self) -> NotImplementedError:
+        return NotImplementedError(
             "the implicit Hyena filter has no finite-dimensional state, so it has no recurrent mode; "
-            "use filter='rtf' for recurrent decoding, or recompute the parallel forward per token"
+            "use filter='rtf' or filter='s4d' for recurrent decoding, or recompute the parallel forward per token"
         )
-
-    initial_state = prefill = step = _no_state

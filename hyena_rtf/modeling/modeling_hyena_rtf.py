@@ -1,6 +1,6 @@
-"""HyenaRTFForCausalLM: a GPT-2 style decoder LM whose mixer is Hyena-RTF, Hyena or attention.
+"""HyenaRTFForCausalLM: a GPT-2 style decoder LM whose mixer is Hyena (RTF, S4D or implicit filters) or attention.
 
-Backbone (identical for the three mixers): token embedding [+ learned positions for attention
+Backbone (identical for every mixer): token embedding [+ learned positions for attention
 with ``position_embedding_type="learned"``] -> embedding dropout -> blocks of
 (LN -> mixer -> residual, LN -> MLP -> residual) -> final LN -> LM head tied to the embedding.
 GPT-2 init: every Linear and Embedding N(0, initializer_range), biases zero, residual output
@@ -12,17 +12,19 @@ Vocabulary: the embedding has ``padded_vocab_size`` rows (a multiple of 8) but l
 computed against the first ``vocab_size`` rows only, so padded entries are never scored, never
 sampled and never receive probability mass; ``logits.shape[-1] == vocab_size``.
 
-Decoding (``use_cache=True``, which ``generate`` passes):
-- ``hyena_rtf``: a :class:`~.cache.HyenaCache`. The prompt is prefilled in parallel (FFT
-  convolutions, chunks of l_max) into the recurrent state, then each token is one O(state) step
-  per layer. The recurrence runs for any length, so generation continues past l_max.
+Decoding (``use_cache=True``, which ``generate`` passes) depends on whether the long filters
+have a recurrence (``LongFilter.has_recurrence``), not on their names:
+- Hyena mixers with recurrent filters (``hyena_rtf``, ``hyena_s4d``): a
+  :class:`~.cache.HyenaCache`. The prompt is prefilled in parallel (chunks of l_max) into the
+  recurrent state, then each token is one O(state) step per layer. The recurrence runs for any
+  length, so generation continues past l_max.
 - ``attention``: transformers' ``DynamicCache`` (keys and values).
-- ``hyena`` (implicit filters, no finite state): a :class:`~.cache.RecomputeCache`; every new
-  token re-runs the whole parallel model over the last l_max positions. Slow by construction:
-  the baseline that recurrent decoding is measured against.
+- Hyena mixers without a finite state (``hyena``, implicit filters): a
+  :class:`~.cache.RecomputeCache`; every new token re-runs the whole parallel model over the last
+  l_max positions. Slow by construction: the baseline that recurrent decoding is measured against.
 The caches are classes of this package (``_supports_default_dynamic_cache`` returns False, so
 ``generate`` leaves cache creation to ``forward``) rather than transformers' ``LinearAttentionLayer``:
-the three mixers need three kinds of state, one code path serves ``generate`` and direct calls
+the mixers need three kinds of state, one code path serves ``generate`` and direct calls
 alike, and ``generate`` cannot continue from a cache made only of linear-attention layers (its
 ``get_seq_length`` raises there).
 Left-padded batches are exact for every mixer: attention masks padded keys; Hyena mixers prefill
@@ -51,13 +53,35 @@ from .attention import CausalSelfAttention, causal_mask
 from .blocks import Block
 from .cache import HyenaCache, RecomputeCache
 from .configuration_hyena_rtf import HyenaRTFConfig
+from .filters import MIXER_FILTERS, filter_class
 from .hyena import HyenaOperator
-from .implicit_filter import ImplicitFilter
-from .rtf import RTF
+from .long_filter import LongFilter
 
-__all__ = ["HyenaRTFPreTrainedModel", "HyenaRTFModel", "HyenaRTFForCausalLM", "build_mixer", "register_auto_classes"]
+__all__ = [
+    "CACHE_FIELD",
+    "HyenaRTFPreTrainedModel",
+    "HyenaRTFModel",
+    "HyenaRTFForCausalLM",
+    "build_mixer",
+    "register_auto_classes",
+]
 
 _RESIDUAL_PROJECTIONS = ("out_proj", "fc2")
+
+# transformers 5.24 renamed the decoding cache from ``past_key_values`` to ``cache``: generate()
+# passes it to forward() under the new keyword and reads it back from the output field of that
+# name (5.23 and earlier use ``past_key_values`` for both). forward() accepts either keyword and the
+# outputs fill whichever field the installed output classes declare, so generate() gets its cache
+# back on every version without going through transformers' deprecation shims (which warn once
+# and are scheduled for removal).
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    """The decoding cache given under either keyword (they are two names for one argument)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the decoding cache once: as cache= or as past_key_values=, not both")
+    return cache if cache is not None else past_key_values
 
 
 def build_mixer(config: HyenaRTFConfig) -> nn.Module:
@@ -74,26 +98,13 @@ def build_mixer(config: HyenaRTFConfig) -> nn.Module:
             dropout=config.mixer_dropout,
             device=device,
         )
-    if config.mixer == "hyena_rtf":
-        filt = "rtf"
-        filter_kwargs = dict(
-            state_size=config.state_size,
-            num_a=config.rtf_num_a,
-            init=config.rtf_init,
-            constraint=config.rtf_constraint,
-            dropout=config.filter_dropout,
-        )
-    else:
-        filt = "implicit"
-        filter_kwargs = dict(
-            emb_dim=config.implicit_emb_dim, filter_order=config.implicit_filter_order, dropout=config.filter_dropout
-        )
+    filt = MIXER_FILTERS[config.mixer]
     return HyenaOperator(
         config.hidden_size,
         config.max_position_embeddings,
         order=config.hyena_order,
         filter=filt,
-        filter_kwargs=filter_kwargs,
+        filter_kwargs=filter_class(filt).config_kwargs(config),
         short_filter_order=config.short_filter_order,
         dropout=config.mixer_dropout,
         output_rank=config.output_rank,
@@ -139,19 +150,10 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, ImplicitFilter):
-            # Its time grid and decay rates are non-persistent buffers: not in checkpoints, and
-            # left uninitialised by from_pretrained. Recompute them from a fresh filter.
-            fresh = ImplicitFilter(
-                module.d_model,
-                module.l_max,
-                emb_dim=module.pos_emb.shape[-1],
-                filter_order=module.mlp[0].out_features,
-                device="cpu",
-            )
-            with torch.no_grad():
-                module.t.copy_(fresh.t)
-                module.deltas.copy_(fresh.deltas)
+        elif isinstance(module, LongFilter):
+            # Buffers derived from constructor arguments (the implicit filter's time grid and decay
+            # rates) are left uninitialised by from_pretrained; the filter recomputes them.
+            module.init_buffers()
 
     def param_groups(
         self,
@@ -162,16 +164,17 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
     ) -> list[dict]:
         """Optimizer parameter groups (dicts for ``torch.optim``), empty groups left out.
 
-        - ``"filter"``: every parameter of the long filters (RTF / implicit filter modules:
-          coefficients, feed-through, montel scale, positional encoding, MLP) with ``filter_lr``
-          (None: the optimizer's lr) and ``filter_weight_decay``.
+        - ``"filter"``: every parameter of the long filters (every :class:`~.long_filter.LongFilter`:
+          RTF coefficients, feed-through and montel scale; S4D step sizes, A, C and D; implicit
+          positional encoding and MLP) with ``filter_lr`` (None: the optimizer's lr) and
+          ``filter_weight_decay`` (S4 practice: lower lr and no decay for the SSM parameters).
         - ``"decay"``: the other parameters with ``weight_decay``; with
           ``decay_norm_and_bias=True`` (the paper: decay every non-filter parameter) that is all of
           them, otherwise only tensors with >= 2 dimensions (matrices, embeddings, convolutions).
         - ``"no_decay"``: biases and norm weights when ``decay_norm_and_bias=False``.
         """
         filter_params = {
-            id(p) for m in self.modules() if isinstance(m, (RTF, ImplicitFilter)) for p in m.parameters()
+            id(p) for m in self.modules() if isinstance(m, LongFilter) for p in m.parameters()
         }
         groups = {"filter": [], "decay": [], "no_decay": []}
         for p in self.parameters():  # shared (tied) parameters are yielded once
@@ -219,19 +222,24 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @property
+    def has_recurrence(self) -> bool:
+        """True when every mixer is a Hyena operator whose long filters all have a recurrence."""
+        return all(getattr(block.mixer, "has_recurrence", False) for block in self.layers)
+
     def new_cache(self, batch_size: Optional[int] = None) -> Union[HyenaCache, RecomputeCache, Cache]:
         """An empty decoding cache of the kind this mixer uses (see the module docstring)."""
-        if self.config.mixer == "hyena_rtf":
+        if self.config.mixer == "attention":
+            return DynamicCache(config=self.config)
+        if self.has_recurrence:
             return HyenaCache(self.config.num_hidden_layers)
-        if self.config.mixer == "hyena":
-            return RecomputeCache(self.config.max_position_embeddings)
-        return DynamicCache(config=self.config)
+        return RecomputeCache(self.config.max_position_embeddings)
 
     # ------------------------------------------------------------------ the block stack
     def _run_blocks(self, x: Tensor, mode: str, states=None, collect: bool = False, attn=None):
         """x (B, T, D) embeddings -> (final hidden (B, T, D), per-layer hiddens or None, new states).
 
-        mode: "parallel" (plain forward), "prefill" / "step" (Hyena-RTF recurrent mode from
+        mode: "parallel" (plain forward), "prefill" / "step" (recurrent Hyena mode from
         ``states``, None meaning zero state), "attention" (``attn`` = (positions, mask, kv cache)).
         """
         x = self.embed_dropout(x)
@@ -312,14 +320,17 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         logits_to_keep: Union[int, Tensor] = 0,
+        cache=None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """input_ids (B, T) or inputs_embeds (B, T, D) -> last_hidden_state (B, T, D).
 
-        A cache is used when ``past_key_values`` is given, or created when ``use_cache=True``;
-        it is returned in ``past_key_values``. ``attention_mask`` (B, past+T): 1 = token, 0 =
-        padding. ``logits_to_keep`` only matters for the implicit-filter recompute mode, where
-        positions past the first l_max that are not kept are not computed (left as NaN).
+        A cache is used when ``cache`` (or its older name ``past_key_values``) is given, or
+        created when ``use_cache=True``; it is returned in the output field ``CACHE_FIELD``
+        (``cache`` with transformers >= 5.24, ``past_key_values`` before).
+        ``attention_mask`` (B, past+T): 1 = token, 0 = padding. ``logits_to_keep`` only matters
+        for the implicit-filter recompute mode, where positions past the first l_max that are not
+        kept are not computed (left as NaN).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -328,7 +339,7 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         bad_mask = attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B)
         if bad_mask or (attention_mask is not None and attention_mask.shape[1] < T):
             raise ValueError(f"attention_mask must have shape (B={B}, >= T={T}), got {tuple(attention_mask.shape)}")
-        cache = past_key_values
+        cache = _one_cache(cache, past_key_values)
         if cache is None and use_cache:
             cache = self.new_cache(B)
         collect = bool(output_hidden_states)
@@ -339,24 +350,24 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         elif cache is None:
             self._check_parallel_length(T)
             h, hiddens, _ = self._run_grouped(x, real, "parallel", collect)
-        elif mixer == "hyena_rtf":
+        elif self.has_recurrence:
             if not isinstance(cache, HyenaCache):
-                raise ValueError(f"mixer 'hyena_rtf' needs a HyenaCache in past_key_values, got {type(cache).__name__}")
+                raise ValueError(f"mixer {mixer!r} needs a HyenaCache as its cache, got {type(cache).__name__}")
             h, hiddens = self._forward_recurrent(x, real, cache, collect)
         else:
             if not isinstance(cache, RecomputeCache):
-                raise ValueError(f"mixer 'hyena' needs a RecomputeCache in past_key_values, got {type(cache).__name__}")
+                raise ValueError(f"mixer {mixer!r} needs a RecomputeCache as its cache, got {type(cache).__name__}")
             if collect:
-                raise ValueError("output_hidden_states is not available in mixer 'hyena' recompute decoding")
+                raise ValueError(f"output_hidden_states is not available in mixer {mixer!r} recompute decoding")
             h, hiddens = self._forward_recompute(x, real, cache, logits_to_keep), None
         return BaseModelOutputWithPast(
-            last_hidden_state=h, past_key_values=cache, hidden_states=tuple(hiddens) if collect else None
+            last_hidden_state=h, hidden_states=tuple(hiddens) if collect else None, **{CACHE_FIELD: cache}
         )
 
     def _check_parallel_length(self, T: int) -> None:
         l_max = self.config.max_position_embeddings
         if T > l_max:
-            hint = "pass use_cache=True to run it recurrently" if self.config.mixer == "hyena_rtf" else "split it"
+            hint = "pass use_cache=True to run it recurrently" if self.has_recurrence else "split it"
             raise ValueError(
                 f"sequence length {T} exceeds max_position_embeddings={l_max}, "
                 f"the filter length of parallel mode; {hint}"
@@ -366,7 +377,7 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         B, T = x.shape[:2]
         if cache is not None and not isinstance(cache, Cache):
             raise ValueError(
-                f"mixer 'attention' needs a transformers Cache in past_key_values, got {type(cache).__name__}"
+                f"mixer 'attention' needs a transformers Cache as its cache, got {type(cache).__name__}"
             )
         past = 0 if cache is None else cache.get_seq_length()
         pad = None
@@ -482,6 +493,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, Tensor] = 0,
+        cache=None,
         **kwargs,
     ) -> Union[CausalLMOutputWithPast, tuple]:
         """Logits (B, T, vocab_size) and, with ``labels`` (B, T), the mean next-token cross-entropy.
@@ -494,7 +506,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -511,7 +523,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
             extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **extra)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: getattr(out, CACHE_FIELD)}
         )
         return result.to_tuple() if return_dict is False else result
 

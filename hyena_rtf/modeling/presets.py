@@ -3,13 +3,16 @@
 ``<mixer>-125m`` is the paper's WikiText-103 setting (RTF paper Table 13 and its code): D=768,
 12 layers, l_max 1024, order 2, RTF state 64 with xavier init and the l1_montel constraint,
 low-rank output head of rank 384, dropout 0.25 on embeddings, residual branches and the mixer,
-GPT-2 vocabulary padded to 50264, tied embeddings. The three 125m presets differ only in the
-mixer, so a perplexity or speed table compares mixers and nothing else:
+GPT-2 vocabulary padded to 50264, tied embeddings. The 125m presets differ only in the mixer, so
+a perplexity or speed table compares mixers and nothing else:
 
 - ``hyena_rtf-125m``: 124,981,248 parameters, the paper's ~124.98M exactly.
 - ``hyena-125m``: the implicit filter of width 64 (safari's default) with the same low-rank head
   (the RTF repository's own Hyena baseline shares that head but, through a commented-out argument,
   ends up with width 16; its operator dropout is 0 where this preset keeps 0.25 for equality).
+- ``hyena_s4d-125m``: diagonal SSM filters of state size 64 (32 complex conjugate pairs),
+  S4D-Lin init, step sizes log-uniform in [1e-3, 1e-1]: 124,981,248 parameters, like RTF (per
+  channel: dt 1 + A 2*32 + C 2*32 + D 1 = 130 = RTF's a 64 + b 64 + h0 1 + scale 1).
 - ``attention-125m``: GPT-2-small style attention (12 heads, learned absolute positions).
 
 ``small`` (D=256, 4 layers, l_max 512) trains on a CPU in minutes; ``tiny`` (D=64, 2 layers,
@@ -79,8 +82,13 @@ _COMMON = dict(
     initializer_range=0.02,
 )
 
+# Fields only one mixer reads (the config defaults, spelled out so the YAML files show them).
+_MIXER_FIELDS = {"hyena_s4d": dict(s4d_dt_min=1e-3, s4d_dt_max=1e-1)}
+
 PRESETS: dict[str, dict] = {
-    f"{mixer}-{size}": {**_COMMON, **kwargs, "mixer": mixer} for mixer in MIXERS for size, kwargs in _SIZES.items()
+    f"{mixer}-{size}": {**_COMMON, **kwargs, **_MIXER_FIELDS.get(mixer, {}), "mixer": mixer}
+    for mixer in MIXERS
+    for size, kwargs in _SIZES.items()
 }
 
 

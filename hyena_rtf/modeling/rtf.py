@@ -24,13 +24,14 @@ ignores the alias on tap 0).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fftconv import fft_conv, fft_size, polymul
+from .long_filter import ConfigCheck, LongFilter
 
 __all__ = ["RTF", "inverse_impulse_response"]
 
@@ -106,7 +107,7 @@ class _RationalKernel(torch.autograd.Function):
         return grad_b, grad_a, grad[:, 0], None, None
 
 
-class RTF(nn.Module):
+class RTF(LongFilter):
     """Bank of ``d_model`` rational-transfer-function filters (see the module docstring).
 
     Args:
@@ -185,6 +186,38 @@ class RTF(nn.Module):
                 self.h0.normal_()
             if self.montel_scale is not None:
                 self.montel_scale.uniform_(0.0, 1.0)
+
+    @property
+    def has_recurrence(self) -> bool:
+        """True unless bidirectional: the anti-causal half needs future inputs."""
+        return not self.bidirectional
+
+    @classmethod
+    def default_kwargs(cls, l_max: int) -> dict:
+        return {"state_size": min(64, l_max - 1)}
+
+    @classmethod
+    def config_kwargs(cls, config: Any) -> dict:
+        return dict(
+            state_size=config.state_size,
+            num_a=config.rtf_num_a,
+            init=config.rtf_init,
+            constraint=config.rtf_constraint,
+            dropout=config.filter_dropout,
+        )
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        check = ConfigCheck(config)
+        check.need_int("state_size")
+        if config.state_size >= config.max_position_embeddings:
+            check.fail("state_size", f"must be smaller than max_position_embeddings={config.max_position_embeddings}")
+        if config.rtf_num_a is not None:
+            check.need_int("rtf_num_a")
+            if config.hidden_size % config.rtf_num_a:
+                check.fail("rtf_num_a", f"must be None or a divisor of hidden_size={config.hidden_size}")
+        check.need_choice("rtf_init", _INITS)
+        check.need_choice("rtf_constraint", _CONSTRAINTS)
 
     def extra_repr(self) -> str:
         return (

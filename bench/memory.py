@@ -20,12 +20,17 @@ every mixer sees the same data for a given seed.
 Training time per step is measured separately, interleaved over the state sizes
 (``bench.timing.compare``), because wall time per run on a shared machine is not a comparison.
 
-Finished runs are appended to ``<out>/memory_runs.jsonl`` and reused when the same run (same mode
-and settings) is asked for again, so an interrupted grid resumes; delete the file to start over.
+Finished runs are appended to ``<out>/memory_runs.jsonl`` and reused when the same run (same
+settings) is asked for again, so an interrupted grid resumes; delete the file to start over. On a
+machine with idle cores the two grids can fill that file in parallel before the report is built:
+
+    python -m bench.memory copying --out bench/results & python -m bench.memory recall --out bench/results
+    python -m bench memory --threads 1 --out bench/results   # reuses both grids, times the steps, writes the report
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -56,16 +61,16 @@ STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
 
 SIZES = {
     "full": dict(hidden=64, layers=4, l_max=512, batch=16, lr=3e-3, seeds=(0, 1), train_size=8000, eval_size=512,
-                 mem_len=64, copy_vocab=16, states=(4, 8, 16, 32, 64, 128, 256), copy_steps=300,
-                 ar_lengths=(32, 64, 128), ar_pairs=8, ar_queries=4, ar_vocab=33, ar_state=64, ar_steps=300,
+                 mem_len=64, copy_vocab=16, states=(4, 16, 32, 64, 256), copy_steps=300,
+                 ar_lengths=(32, 64, 128), ar_pairs=4, ar_queries=16, ar_vocab=17, ar_state=64, ar_steps=600, ar_seeds=(0,),
                  evals=3, val_batches=4, timing_repeats=5),
     "quick": dict(hidden=64, layers=4, l_max=512, batch=16, lr=3e-3, seeds=(0,), train_size=4000, eval_size=256,
                   mem_len=64, copy_vocab=16, states=(4, 16, 64, 256), copy_steps=200,
-                  ar_lengths=(32, 128), ar_pairs=8, ar_queries=4, ar_vocab=33, ar_state=64, ar_steps=200,
+                  ar_lengths=(32, 128), ar_pairs=4, ar_queries=16, ar_vocab=17, ar_state=64, ar_steps=300, ar_seeds=(0,),
                   evals=2, val_batches=2, timing_repeats=3),
     "smoke": dict(hidden=16, layers=1, l_max=32, batch=4, lr=3e-3, seeds=(0, 1), train_size=32, eval_size=8,
                   mem_len=4, copy_vocab=6, states=(2, 16), copy_steps=3,
-                  ar_lengths=(8, 16), ar_pairs=2, ar_queries=2, ar_vocab=9, ar_state=4, ar_steps=3,
+                  ar_lengths=(8, 16), ar_pairs=2, ar_queries=2, ar_vocab=9, ar_state=4, ar_steps=3, ar_seeds=(0, 1),
                   evals=1, val_batches=1, timing_repeats=2),
 }
 
@@ -104,6 +109,7 @@ class _Curve(L.Callback):
 
 def train_and_score(cfg: dict, data: RecallDataModule, model: dict, steps: int, seed: int, device: torch.device) -> dict:
     """Train one model for ``steps`` steps, then score the whole test split."""
+    load = os.getloadavg()[0]
     L.seed_everything(seed, workers=True, verbose=False)
     module = HyenaLMModule(model=model, lr=cfg["lr"], filter_lr=cfg["lr"], weight_decay=0.0, warmup_steps=0.05)
     curve = _Curve()
@@ -118,7 +124,7 @@ def train_and_score(cfg: dict, data: RecallDataModule, model: dict, steps: int, 
     train_s = time.perf_counter() - start
     result = score_recall(module.net.eval().to(device), data, "test", batch_size=64, device=device, progress=False)
     return dict(acc=result.acc, exact=result.exact, loss=result.nll_sum / max(result.tokens_scored, 1), train_s=train_s,
-                curve=curve.points, skipped=int(module.skipped_steps),
+                curve=curve.points, skipped=int(module.skipped_steps), load=load,
                 params=sum(p.numel() for p in module.net.parameters()))
 
 
@@ -176,37 +182,54 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(values), min(values), max(values)
 
 
+COPY_KEYS = ("hidden", "layers", "l_max", "batch", "lr", "train_size", "eval_size", "evals", "val_batches",
+             "mem_len", "copy_vocab", "copy_steps")
+RECALL_KEYS = COPY_KEYS[:9] + ("ar_pairs", "ar_queries", "ar_vocab", "ar_steps", "ar_state")
+
+
+def grid(task: str, cfg: dict, mixers: list[str], runs: _Runs, device: torch.device) -> dict:
+    """Train (or reuse) every run of one task: copying keyed (mixer, N, seed), recall (mixer, L, seed)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if task == "copying":
+        # Seed-major order: an interrupted grid still has whole seeds.
+        jobs = [(m, n, s) for s in cfg["seeds"] for m in mixers for n in (cfg["states"] if m in STATE_MIXERS else (None,))]
+        settings = json.dumps({k: cfg[k] for k in COPY_KEYS}, sort_keys=True)
+    else:
+        jobs = [(m, length, s) for s in cfg["ar_seeds"] for length in cfg["ar_lengths"] for m in mixers]
+        settings = json.dumps({k: cfg[k] for k in RECALL_KEYS}, sort_keys=True)
+    done = {}
+    for mixer, x, seed in tqdm(jobs, desc=f"memory: {task} runs", unit="run", file=sys.stderr):
+        if task == "copying":
+            make = lambda: train_and_score(cfg, copying_data(cfg, seed), model_kwargs(cfg, mixer, cfg["copy_vocab"], x),  # noqa: E731
+                                           cfg["copy_steps"], seed, device)
+        else:
+            n = cfg["ar_state"] if mixer in STATE_MIXERS else None
+            make = lambda: train_and_score(cfg, recall_data(cfg, x, seed), model_kwargs(cfg, mixer, cfg["ar_vocab"], n),  # noqa: E731
+                                           cfg["ar_steps"], seed, device)
+        done[(mixer, x, seed)] = runs.get(f"{settings}|{task}|{mixer}|{x}|{seed}", make)
+    return done
+
+
+def _mixers(mixers: Optional[list[str]]) -> list[str]:
+    """The requested mixers (default: those of WANTED that this checkout has)."""
+    mixers = [m for m in WANTED if m in MIXERS] if mixers is None else list(mixers)
+    unknown = [m for m in mixers if m not in MIXERS]
+    if unknown:
+        raise ValueError(f"unknown mixers {unknown}; this checkout has {list(MIXERS)}")
+    return mixers
+
+
 def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] = None) -> Report:
     """Train the copying and associative-recall grids of ``mode`` and tabulate them."""
     if mode not in SIZES:
         raise ValueError(f"mode must be one of {sorted(SIZES)}, got {mode!r}")
     cfg = SIZES[mode]
-    mixers = [m for m in WANTED if m in MIXERS] if mixers is None else list(mixers)
-    unknown = [m for m in mixers if m not in MIXERS]
-    if unknown:
-        raise ValueError(f"unknown mixers {unknown}; this checkout has {list(MIXERS)}")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    load_start = os.getloadavg()
+    mixers = _mixers(mixers)
     runs = _Runs(out / "memory_runs.jsonl")
-    settings = json.dumps({k: v for k, v in cfg.items() if k != "timing_repeats"}, sort_keys=True)
-
-    copy_jobs = [(m, n, s) for m in mixers for n in (cfg["states"] if m in STATE_MIXERS else (None,)) for s in cfg["seeds"]]
-    ar_jobs = [(m, length, s) for length in cfg["ar_lengths"] for m in mixers for s in cfg["seeds"]]
-    copy, ar = {}, {}
-    with tqdm(total=len(copy_jobs) + len(ar_jobs), desc="memory runs", unit="run", file=sys.stderr) as bar:
-        for mixer, n, seed in copy_jobs:
-            key = f"{mode}|{settings}|copying|{mixer}|{n}|{seed}"
-            copy[(mixer, n, seed)] = runs.get(key, lambda: train_and_score(
-                cfg, copying_data(cfg, seed), model_kwargs(cfg, mixer, cfg["copy_vocab"], n), cfg["copy_steps"], seed, device))
-            bar.set_postfix_str(f"copying {mixer} N={n} seed {seed}: acc {copy[(mixer, n, seed)]['acc']:.3f}")
-            bar.update()
-        for mixer, length, seed in ar_jobs:
-            n = cfg["ar_state"] if mixer in STATE_MIXERS else None
-            key = f"{mode}|{settings}|recall|{mixer}|{n}|{length}|{seed}"
-            ar[(mixer, length, seed)] = runs.get(key, lambda: train_and_score(
-                cfg, recall_data(cfg, length, seed), model_kwargs(cfg, mixer, cfg["ar_vocab"], n), cfg["ar_steps"], seed, device))
-            bar.set_postfix_str(f"recall {mixer} L={length} seed {seed}: acc {ar[(mixer, length, seed)]['acc']:.3f}")
-            bar.update()
+    copy = grid("copying", cfg, mixers, runs, device)
+    ar = grid("recall", cfg, mixers, runs, device)
+    loads = [r["load"] for r in (*copy.values(), *ar.values())]
+    load_start = os.getloadavg()
     timing = step_times(cfg, mixers, device)
     load_end = os.getloadavg()
 
@@ -218,7 +241,8 @@ def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] 
         f"batch {cfg['batch']}, {cfg['train_size']:,} training sequences; {n_seeds} seed(s) per cell (mean, and min-max "
         f"over seeds). Test: {cfg['eval_size']} held-out sequences per run, disjoint from training. Mixers: {', '.join(mixers)}"
         + ("" if "hyena_s4d" in mixers else " (hyena_s4d is not in this checkout)") + ". "
-        f"Load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f}."
+        f"Load average (1 min) when the runs started: {min(loads):.2f} to {max(loads):.2f}; "
+        f"at the step timing {load_start[0]:.2f} to {load_end[0]:.2f}."
     )
 
     chance = 1 / (cfg["copy_vocab"] - 2)
@@ -239,11 +263,11 @@ def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] 
     report.parts.append(timing)
 
     atab = Table(f"3. Associative recall ({cfg['ar_pairs']} pairs, {cfg['ar_queries']} queries, vocabulary "
-                 f"{cfg['ar_vocab']}), {cfg['ar_steps']} steps: test accuracy % vs sequence length",
+                 f"{cfg['ar_vocab']}), {cfg['ar_steps']} steps, {len(cfg['ar_seeds'])} seed(s): test accuracy % vs sequence length",
                  ["mixer", "state size"] + [f"L={length}" for length in cfg["ar_lengths"]]
                  + [f"L={length} min-max" for length in cfg["ar_lengths"]])
     for mixer in mixers:
-        accs = [[100 * ar[(mixer, length, s)]["acc"] for s in cfg["seeds"]] for length in cfg["ar_lengths"]]
+        accs = [[100 * ar[(mixer, length, s)]["acc"] for s in cfg["ar_seeds"]] for length in cfg["ar_lengths"]]
         atab.add(mixer, cfg["ar_state"] if mixer in STATE_MIXERS else None, *[statistics.fmean(a) for a in accs],
                  *[f"{min(a):.1f}-{max(a):.1f}" for a in accs])
     n_keys = (cfg["ar_vocab"] - 1) // 2
@@ -272,7 +296,7 @@ def _plot(cfg: dict, mixers: list[str], copy: dict, ar: dict, timing: Table, pat
         else:
             acc = statistics.fmean(100 * copy[(mixer, None, s)]["acc"] for s in cfg["seeds"])
             ax_c.axhline(acc, linestyle="--", color="gray" if mixer == "hyena" else "black", label=f"{mixer} (no state size)")
-        ax_a.plot(cfg["ar_lengths"], [statistics.fmean(100 * ar[(mixer, length, s)]["acc"] for s in cfg["seeds"])
+        ax_a.plot(cfg["ar_lengths"], [statistics.fmean(100 * ar[(mixer, length, s)]["acc"] for s in cfg["ar_seeds"])
                                       for length in cfg["ar_lengths"]], "o-", label=mixer)
     ax_c.axvline(cfg["mem_len"], color="red", alpha=0.3, label=f"copy distance {cfg['mem_len']}")
     ax_c.set(xscale="log", xlabel="state size N", ylabel="test accuracy % (band: min-max over seeds)",
@@ -287,3 +311,27 @@ def _plot(cfg: dict, mixers: list[str], copy: dict, ar: dict, timing: Table, pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Fill the run file with one task's grid (for two grids in parallel); the report comes from
+    ``python -m bench memory``, which reuses the runs."""
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=main.__doc__.splitlines()[0])
+    parser.add_argument("task", choices=("copying", "recall"))
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--mixers", nargs="+", default=None, help=f"default: those of {list(WANTED)} this checkout has")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cfg = SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    grid(args.task, cfg, _mixers(args.mixers), _Runs(args.out / "memory_runs.jsonl"), torch.device(args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -272,7 +272,7 @@ def test_memory_smoke_mode_tables(tmp_path):
 
     # Every run was recorded; a second call reuses them instead of training again.
     lines = (tmp_path / "memory_runs.jsonl").read_text().splitlines()
-    assert len(lines) == (n_rows + len(mixers) * len(cfg["ar_lengths"])) * len(cfg["seeds"])
+    assert len(lines) == n_rows * len(cfg["seeds"]) + len(mixers) * len(cfg["ar_lengths"]) * len(cfg["ar_seeds"])
     again = memory.run("smoke", torch.device("cpu"), tmp_path)
     assert again.parts[1].rows == copying.rows
     assert len((tmp_path / "memory_runs.jsonl").read_text().splitlines()) == len(lines)

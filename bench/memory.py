@@ -62,7 +62,7 @@ STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
 SIZES = {
     "full": dict(hidden=64, layers=4, l_max=512, batch=16, lr=3e-3, seeds=(0, 1), train_size=8000, eval_size=512,
                  mem_len=64, copy_vocab=16, states=(4, 16, 32, 64, 256), copy_steps=300,
-                 ar_lengths=(32, 64, 128), ar_pairs=4, ar_queries=16, ar_vocab=17, ar_state=64, ar_steps=600, ar_seeds=(0,),
+                 ar_lengths=(32, 64, 128), ar_pairs=4, ar_queries=16, ar_vocab=17, ar_state=64, ar_steps=600, ar_seeds=(0, 1),
                  evals=3, val_batches=4, timing_repeats=5),
     "quick": dict(hidden=64, layers=4, l_max=512, batch=16, lr=3e-3, seeds=(0,), train_size=4000, eval_size=256,
                   mem_len=64, copy_vocab=16, states=(4, 16, 64, 256), copy_steps=200,

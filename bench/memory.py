@@ -1,7 +1,8 @@
 """What the state buys: copying accuracy vs state size, associative recall vs sequence length.
 
-    python -m bench memory --threads 1            # the grid of BENCHMARKS.md (about 40 min on 2 shared cores)
-    python -m bench memory --quick --threads 1    # one seed, fewer state sizes (about 10 min)
+    python -m bench memory --threads 1            # the grid of BENCHMARKS.md: 48 runs, about 55 min of
+                                                  # training on 2 shared cores (load 2-8)
+    python -m bench memory --quick --threads 1    # one seed, fewer state sizes and lengths
 
 The paper's copying task (Table 2: remember 1024 tokens of a 64-symbol vocabulary, then reproduce
 them) scaled to a CPU: ``mem_len`` tokens, then as many copy markers, and the model must output the
@@ -298,12 +299,21 @@ def _plot(cfg: dict, mixers: list[str], copy: dict, ar: dict, timing: Table, pat
             ax_c.axhline(acc, linestyle="--", color="gray" if mixer == "hyena" else "black", label=f"{mixer} (no state size)")
         ax_a.plot(cfg["ar_lengths"], [statistics.fmean(100 * ar[(mixer, length, s)]["acc"] for s in cfg["ar_seeds"])
                                       for length in cfg["ar_lengths"]], "o-", label=mixer)
+    n_keys = (cfg["ar_vocab"] - 1) // 2
+    ax_a.axhline(100 / (cfg["ar_vocab"] - 1 - n_keys), linestyle=":", color="gray", label="chance")
+    ax_c.axhline(100 / (cfg["copy_vocab"] - 2), linestyle=":", color="gray", label="chance")
     ax_c.axvline(cfg["mem_len"], color="red", alpha=0.3, label=f"copy distance {cfg['mem_len']}")
     ax_c.set(xscale="log", xlabel="state size N", ylabel="test accuracy % (band: min-max over seeds)",
              title=f"copying {cfg['mem_len']} tokens, {cfg['copy_steps']} steps")
     ax_t.set(xscale="log", xlabel="state size N", ylabel="training step ms (median, interleaved)", title="step time vs N")
     ax_a.set(xscale="log", xlabel="sequence length", ylabel="test accuracy %", title="associative recall")
     ax_t.set_ylim(bottom=0)
+    ax_c.set_xticks(states, [str(n) for n in states])
+    ax_t.set_xticks(states, [str(n) for n in states])
+    ax_a.set_xticks(list(cfg["ar_lengths"]), [str(n) for n in cfg["ar_lengths"]])
+    ax_a.minorticks_off()
+    for ax in (ax_c, ax_t):
+        ax.minorticks_off()
     for ax in (ax_c, ax_t, ax_a):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

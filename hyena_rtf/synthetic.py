@@ -123,6 +123,8 @@ class RecallDataModule(L.LightningDataModule):
         super().__init__()
         if min(train_size, eval_size, batch_size) < 1:
             raise UserError(f"data.train_size, eval_size and batch_size must be >= 1, got {train_size}, {eval_size}, {batch_size}")
+        if train_size < batch_size:  # the training loader drops incomplete batches: none would be left
+            raise UserError(f"data.train_size={train_size} is smaller than data.batch_size={batch_size}")
         self.vocab_size, self.train_size, self.eval_size = vocab_size, train_size, eval_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed

@@ -71,6 +71,8 @@ def test_task_arguments_are_checked():
         AssociativeRecallDataModule(seq_len=10, num_pairs=4, num_queries=3, vocab_size=17)
     with pytest.raises(UserError, match="mem_len"):
         CopyingDataModule(mem_len=0)
+    with pytest.raises(UserError, match="smaller than data.batch_size"):
+        CopyingDataModule(train_size=8, batch_size=16)
 
 
 # ---------------------------------------------------------------------- splits
@@ -96,7 +98,7 @@ def test_eval_splits_never_repeat_a_training_sequence():
         return {r.tobytes() for r in associative_recall(np.random.default_rng([seed, split]), n, 3, 1, 1, 7)[0]}
 
     seed = next(s for s in range(100) if raw(s, 1, 3) & raw(s, 0, 4))
-    dm = AssociativeRecallDataModule(seq_len=3, num_pairs=1, num_queries=1, vocab_size=7, train_size=4, eval_size=3, seed=seed)
+    dm = AssociativeRecallDataModule(seq_len=3, num_pairs=1, num_queries=1, vocab_size=7, train_size=4, eval_size=3, batch_size=4, seed=seed)
     dm.setup()
     train, val, test = (set(_rows(dm.datasets[s])) for s in ("train", "validation", "test"))
     assert train == raw(seed, 0, 4)
@@ -118,7 +120,7 @@ def test_vocabulary_reaches_the_model_through_the_tokenizer():
 
 # ---------------------------------------------------------------------- loss and metrics
 def _batch(vocab=10):
-    dm = CopyingDataModule(mem_len=5, delay=2, vocab_size=vocab, train_size=8, eval_size=8)
+    dm = CopyingDataModule(mem_len=5, delay=2, vocab_size=vocab, train_size=8, eval_size=8, batch_size=8)
     dm.setup()
     return dm, {"input_ids": dm.datasets["train"].inputs[:6], "targets": dm.datasets["train"].targets[:6]}
 

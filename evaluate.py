@@ -2,6 +2,7 @@
 
     python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     python evaluate.py ckpt_path=hf_export/ data=wikitext103 split=test
+    python evaluate.py ckpt_path=... data=files data.test_path=wiki.test.raw   # local text
     python evaluate.py ckpt_path=... stride=256          # sliding window instead of chunks
 """
 

@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from .modeling.rtf import RTF
 
-__all__ = ["SampleGeneration", "StabilityMonitor", "TokenThroughputMonitor"]
+__all__ = ["SampleGeneration", "StabilityMonitor", "TokenThroughputMonitor", "ParameterSummary"]
+
+log = logging.getLogger(__name__)
 
 
 class SampleGeneration(L.Callback):
     """After each validation, generate from fixed prompts (recurrent decoding) and log the text.
 
     Samples are printed, appended to ``<run dir>/samples.txt`` and sent to W&B as a table when a
-    WandbLogger is attached. Needs ``pl_module.tokenizer``.
+    WandbLogger is attached. Needs ``pl_module.tokenizer``. ``prompts=None`` takes the datamodule's
+    ``sample_prompts`` (each data config names prompts that suit its text), else ``["The "]``.
     """
 
     def __init__(
         self,
-        prompts: Sequence[str] = ("The ",),
+        prompts: Optional[Sequence[str]] = None,
         max_new_tokens: int = 48,
         do_sample: bool = True,
         top_k: int = 40,
         temperature: float = 0.8,
     ):
-        self.prompts, self.max_new_tokens = list(prompts), max_new_tokens
+        self.prompts = list(prompts) if prompts is not None else None
+        self.max_new_tokens = max_new_tokens
         self.gen_kwargs = {"do_sample": do_sample, "top_k": top_k, "temperature": temperature}
         self.last_samples: list[str] = []
+
+    def _prompts(self, trainer: L.Trainer) -> list[str]:
+        if self.prompts is not None:
+            return self.prompts
+        return list(getattr(trainer.datamodule, "sample_prompts", None) or ["The "])
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -44,7 +54,7 @@ class SampleGeneration(L.Callback):
         net.eval()
         samples = []
         with torch.no_grad():
-            for prompt in self.prompts:
+            for prompt in self._prompts(trainer):
                 ids = tok(prompt, return_tensors="pt").input_ids.to(pl_module.device)
                 if ids.numel() == 0:
                     continue
@@ -83,7 +93,8 @@ class StabilityMonitor(L.Callback):
             radii[f"stability/layer_{i}"] = rtf.poles().abs().max().item()
         if radii:
             radii["stability/max_pole_radius"] = max(radii.values())
-            pl_module.log_dict(radii, sync_dist=False)
+            write = getattr(pl_module, "log_at_step", None) or pl_module.log_dict
+            write(radii)
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
@@ -99,3 +110,22 @@ class TokenThroughputMonitor(ThroughputMonitor):
             length_fn=lambda batch: batch["input_ids"].numel(),
             **kwargs,
         )
+
+
+class ParameterSummary(ModelSummary):
+    """The model summary at the start of training: parameters per top-level module.
+
+    Lightning's own table adds a FLOPs column measured by torch's FLOP counter, which cannot see
+    the FFT convolutions and would print 0; the throughput monitor reports FLOPs analytically.
+    Modules without parameters (the metric accumulators) are left out.
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict, total_flops: int, **summarize_kwargs) -> None:
+        cols = dict(summary_data)
+        rows = [(n, t, p) for n, t, p in zip(cols["Name"], cols["Type"], cols["Params"]) if str(p).strip() != "0"]
+        width = max([len(n) for n, _, _ in rows] + [4])
+        lines = [f"  {n:<{width}}  {t}  {p} parameters" for n, t, p in rows]
+        lines.append(f"  total: {total_parameters:,} parameters ({trainable_parameters:,} trainable, {model_size:.1f} MB)")
+        log.info("model summary\n" + "\n".join(lines))

@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlparse
 
 from .errors import UserError
 
-__all__ = ["SPLITS", "CORPORA", "Corpus", "load_corpus", "read_text_file", "safe_pieces"]
+__all__ = ["SPLITS", "CORPORA", "Corpus", "load_corpus", "read_text_file", "safe_pieces", "check_hub_reachable"]
 
 SPLITS = ("train", "validation", "test")
 CORPORA = ("shakespeare", "wikitext103", "wikitext2", "files")
@@ -132,6 +135,51 @@ def _wikitext(name: str, dataset_path: Optional[str], dataset_config: Optional[s
                 if Path(str(f)).is_file():
                     identity.setdefault("file_stats", []).append(_file_identity(Path(str(f))))
     return Corpus(name, identity, reader)
+
+
+# datasets builders that read local files and never touch the hub.
+_LOCAL_BUILDERS = ("json", "parquet", "text", "csv", "arrow")
+_OFFLINE_ADVICE = (
+    "offline, use local text: data=files data.train_path=wiki.train.raw data.validation_path=wiki.valid.raw "
+    "data.test_path=wiki.test.raw, or data.dataset_path=json data.data_files={train: ..., validation: ..., test: ...}"
+)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_hub_reachable(corpus: Corpus, timeout: float = 3.0) -> None:
+    """Fail at once, naming the local alternatives, when ``corpus`` needs the Hugging Face hub and
+    it cannot be reached (instead of ``datasets`` retrying for half a minute before its error).
+
+    Offline mode (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``) still lets ``datasets`` use a copy
+    already in its cache, so there the real loader is tried first (it fails fast in that mode).
+    """
+    ident = corpus.identity
+    path = ident.get("dataset_path")
+    if path is None or ident.get("data_files") or path in _LOCAL_BUILDERS or Path(path).exists():
+        return
+    if _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE"):
+        import datasets
+
+        try:
+            datasets.load_dataset_builder(path, ident.get("config"))
+        except Exception:  # noqa: BLE001 - not in the local cache
+            raise UserError(
+                f"{path} ({ident.get('config')}) is not in the local datasets cache and the hub is off "
+                f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); " + _OFFLINE_ADVICE
+            ) from None
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(
+            f"the Hugging Face hub ({endpoint.hostname}:{port}) is unreachable ({type(e).__name__}), so {path} cannot be "
+            "downloaded; " + _OFFLINE_ADVICE
+        ) from None
 
 
 def load_corpus(

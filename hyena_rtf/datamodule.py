@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .corpus import SPLITS, Corpus, load_corpus
+from .corpus import CORPORA, SPLITS, Corpus, check_hub_reachable, load_corpus
 from .data import TokenChunks, cache_key, open_tokens, prepare_cache
 from .errors import UserError
-from .tokenization import load_tokenizer
+from .tokenization import TOKENIZERS, load_tokenizer
+
+DEFAULT_BPE_VOCAB = 4096
 
 __all__ = ["LMDataModule", "ResumableSampler"]
 
@@ -74,7 +77,8 @@ class LMDataModule(L.LightningDataModule):
         dataset_path, dataset_config, data_files: ``datasets.load_dataset`` arguments for the
             WikiText corpora (e.g. a local json/parquet dataset when the hub is unreachable).
         tokenizer: ``bpe`` (byte-level BPE trained on the train split) or ``gpt2``.
-        vocab_size: size of the trained BPE vocabulary (ignored for gpt2).
+        vocab_size: size of the trained BPE vocabulary (null: 4096); must stay null for gpt2,
+            whose vocabulary is fixed.
         seq_len: tokens per training sequence (the model's context; <= the model's l_max).
         batch_size: sequences per batch *per device*; the global batch is
             ``batch_size * devices * num_nodes * accumulate_grad_batches``.
@@ -83,6 +87,8 @@ class LMDataModule(L.LightningDataModule):
         cache_dir: where token caches are kept.
         add_eos: append <|endoftext|> at the end of each split.
         seed: seed of the training-data order (one permutation per epoch, resumable mid-epoch).
+        sample_prompts: prompts of the text samples generated during training; they belong to the
+            data (a Shakespeare prompt means nothing to a WikiText model).
     """
 
     def __init__(
@@ -95,7 +101,7 @@ class LMDataModule(L.LightningDataModule):
         dataset_config: Optional[str] = None,
         data_files: Optional[dict] = None,
         tokenizer: str = "bpe",
-        vocab_size: Optional[int] = 4096,
+        vocab_size: Optional[int] = None,
         seq_len: int = 256,
         batch_size: int = 16,
         eval_batch_size: Optional[int] = None,
@@ -103,11 +109,33 @@ class LMDataModule(L.LightningDataModule):
         cache_dir: str = "data/cache",
         add_eos: bool = False,
         seed: int = 0,
+        sample_prompts: Optional[Sequence[str]] = None,
     ):
         super().__init__()
         if seq_len < 1 or batch_size < 1:
             raise UserError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len} and {batch_size}")
+        if corpus not in CORPORA:
+            raise UserError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
+        if tokenizer not in TOKENIZERS:
+            raise UserError(f"unknown tokenizer {tokenizer!r}; choose one of {TOKENIZERS}")
+        if tokenizer == "gpt2" and vocab_size is not None:
+            raise UserError(
+                f"data.vocab_size={vocab_size} contradicts data.tokenizer=gpt2 (its vocabulary is fixed at 50,257 "
+                "tokens); drop data.vocab_size or use data.tokenizer=bpe"
+            )
+        if tokenizer == "bpe":
+            vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+            if vocab_size < 258:
+                raise UserError(f"data.vocab_size must be at least 258 for byte-level BPE (256 bytes + <|endoftext|>), got {vocab_size}")
+        if corpus != "files" and any((train_path, validation_path, test_path)):
+            raise UserError(f"data.train_path/validation_path/test_path apply to data=files only, not corpus={corpus}")
+        # Plain containers: checkpoints store these hyperparameters and load with weights_only=True.
+        sample_prompts = [str(p) for p in sample_prompts] if sample_prompts else None
+        if isinstance(data_files, (DictConfig, ListConfig)):
+            data_files = OmegaConf.to_container(data_files, resolve=True)
         self.save_hyperparameters()
+        self.vocab_size = vocab_size
+        self.sample_prompts = sample_prompts
         self.seq_len, self.batch_size = seq_len, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -136,12 +164,31 @@ class LMDataModule(L.LightningDataModule):
     @property
     def entry(self) -> Path:
         hp = self.hparams
-        return Path(hp.cache_dir) / cache_key(self.corpus, hp.tokenizer, hp.vocab_size, hp.add_eos)
+        return Path(hp.cache_dir) / cache_key(self.corpus, hp.tokenizer, self.vocab_size, hp.add_eos)
+
+    def is_prepared(self) -> bool:
+        """True when every configured split is already in the token cache (nothing to read or download)."""
+        entry = self.entry
+        return (entry / "meta.json").is_file() and all((entry / f"{s}.bin").is_file() for s in self.available_splits())
+
+    def check(self, needed: Sequence[str]) -> None:
+        """Fail now, with the option to set, if a ``needed`` split is not configured, a file is
+        missing, or the corpus cannot be fetched; cheap (no text is read, nothing is tokenised)."""
+        hp = self.hparams
+        corpus = self.corpus  # checks that the given files exist
+        if hp.corpus == "files":
+            missing = [s for s in needed if s not in self.available_splits()]
+            if missing:
+                names = " ".join(f"data.{s}_path=<file>" for s in missing)
+                alt = " (or trainer.limit_val_batches=0 to train without validation)" if "validation" in missing else ""
+                raise UserError(f"data=files has no {' or '.join(missing)} split; set {names}{alt}")
+        if hp.corpus in ("wikitext103", "wikitext2") and not self.is_prepared():
+            check_hub_reachable(corpus)
 
     def prepare_data(self) -> None:
         """Tokenise every split into the cache (once; rank 0 only under Lightning)."""
         hp = self.hparams
-        prepare_cache(self.corpus, hp.cache_dir, hp.tokenizer, hp.vocab_size, hp.add_eos, self.available_splits())
+        prepare_cache(self.corpus, hp.cache_dir, hp.tokenizer, self.vocab_size, hp.add_eos, self.available_splits())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if not (self.entry / "meta.json").is_file():

@@ -22,6 +22,18 @@ _USER_ERRORS = (
 )
 
 
+def _to_log_files(line: str) -> None:
+    """Append the error to the run's log file(s) (Hydra's ``<run dir>/<task>.log``), not to the
+    console, which already shows it once."""
+    import logging
+
+    record = logging.LogRecord("hyena_rtf", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            handler.flush()
+
+
 def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:
     """Run ``task``; turn input errors into ``error: <message>`` and exit code 2.
 
@@ -43,4 +55,5 @@ def run_cli(task: Callable[..., Any], *args, **kwargs) -> Any:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr, flush=True)
+        _to_log_files(f"error: {msg}")
         sys.exit(EXIT_USER_ERROR)

@@ -122,6 +122,20 @@ def write_result(result: EvalResult, path: Path, overwrite: bool) -> None:
     tmp.replace(path)
 
 
+def result_path(cfg) -> Path:
+    """Where the results JSON goes: ``output`` if given; for a checkpoint of a training run
+    (``<run>/checkpoints/<name>.ckpt``) that run's directory, as ``eval_<split>_<name>.json``
+    (plus ``_context<N>``/``_stride<N>`` when those are set); otherwise evaluate's own run
+    directory (``logs/eval/runs/<timestamp>/eval_<split>.json``)."""
+    if cfg.get("output"):
+        return Path(cfg.output)
+    ckpt = Path(cfg.ckpt_path)
+    if ckpt.suffix == ".ckpt" and ckpt.parent.name == "checkpoints":
+        protocol = "".join(f"_{k}{cfg[k]}" for k in ("context", "stride") if cfg.get(k))
+        return ckpt.parent.parent / f"eval_{cfg.split}_{ckpt.stem}{protocol}.json"
+    return Path(cfg.paths.output_dir) / f"eval_{cfg.split}.json"
+
+
 def evaluate(cfg) -> EvalResult:
     """The evaluate task: score one split of ``cfg.data``'s corpus with a checkpoint's model.
 
@@ -136,17 +150,22 @@ def evaluate(cfg) -> EvalResult:
 
     if not cfg.get("ckpt_path"):
         raise UserError("evaluate needs ckpt_path=<file.ckpt or exported model dir>")
+    # Everything that can fail on the user's input fails before the model loads or text is tokenised.
+    datamodule = instantiate(cfg.data)  # only its corpus is used: the checkpoint's tokenizer tokenises
+    if hasattr(datamodule, "check"):
+        datamodule.check([cfg.split])
+    out = result_path(cfg)
+    if out.exists() and not cfg.get("overwrite", False):
+        raise UserError(f"{out} exists; pass overwrite=true or choose another output file (output=...)")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_for_inference(cfg.ckpt_path, device)
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
-    data = instantiate(cfg.data)
-    if getattr(data, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
+    if getattr(datamodule, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
         from .synthetic import evaluate_recall
 
-        return evaluate_recall(cfg, model, data, device)
-    # The data config's own corpus (no token cache is built: the checkpoint's tokenizer is used).
-    corpus = data.corpus
+        return evaluate_recall(cfg, model, datamodule, out, device)
+    corpus = datamodule.corpus
     text = corpus.text(cfg.split)
     ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")
     l_max = model.config.max_position_embeddings
@@ -160,7 +179,6 @@ def evaluate(cfg) -> EvalResult:
     result = evaluate_ids(model, ids, cfg.split, context, cfg.stride, stats, cfg.batch_size, device,
                           progress=cfg.get("progress", True))
     print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
-    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"eval_{cfg.split}.json"
     write_result(result, out, cfg.get("overwrite", False))
     print(f"results written to {out}")
     return result

@@ -5,13 +5,16 @@ The directory holds ``config.json`` (with an ``auto_map``), ``model.safetensors`
 (``modeling_hyena_rtf.py`` and every sibling module it imports, flattened next to it). So
 
     AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
+    AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
     lm_eval --model hf --model_args pretrained=out_dir,trust_remote_code=True ...
 
-work on a machine where ``hyena_rtf`` is not installed.
+work on a machine where ``hyena_rtf`` is not installed. (AutoTokenizer needs the flag too: it reads
+config.json, whose model type only the shipped code defines, before the tokenizer files.)
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -55,4 +58,18 @@ def export_hf(
     model.save_pretrained(out, **kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    _normal_modes(out)
     return out
+
+
+def _normal_modes(out: Path) -> None:
+    """Give every exported file the mode a plain ``open()`` would (0644 under the usual umask).
+
+    The weights are written through a private temporary file (mode 0600) and renamed into place,
+    which would leave them unreadable to anyone else sharing the export.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)

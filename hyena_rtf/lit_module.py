@@ -174,7 +174,19 @@ class HyenaLMModule(L.LightningModule):
             # whole split is scored; evaluate.py does that).
             metrics[f"{stage}/word_ppl"] = math.exp(min(loss / ratios["words_per_token"], 700.0))
             metrics[f"{stage}/bpb"] = bits_per_byte(nll.item(), tokens.item() * ratios["bytes_per_token"])
-        self.log_dict(metrics, prog_bar=(stage == "val"), sync_dist=False)
+        self.log_at_step(metrics, prog_bar=(stage == "val"))
+
+    def log_at_step(self, metrics: dict[str, float], prog_bar: bool = False) -> None:
+        """Log evaluation-time metrics under ``global_step``, the number of optimizer updates behind
+        the weights they measure: the same number as the ``step_XXXXXXX.ckpt`` saved after them.
+
+        (Lightning would write them one step earlier; training losses already follow this rule:
+        the loss of the batch that makes update k is computed on the weights after k - 1 updates.)
+        """
+        self.log_dict(metrics, prog_bar=prog_bar, logger=False, sync_dist=False)  # callbacks, checkpoints
+        if self._trainer is not None and not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics({**metrics, "epoch": float(self.current_epoch)}, step=self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -161,6 +161,16 @@ class RecallDataModule(L.LightningDataModule):
             "raise vocab_size or the sequence length, or lower eval_size"
         )
 
+    def available_splits(self) -> tuple[str, ...]:
+        return SPLITS
+
+    def check(self, needed) -> None:
+        """Fail now if a ``needed`` split is not one of train/validation/test (nothing else can be
+        missing: the splits are generated)."""
+        unknown = [s for s in needed if s not in SPLITS]
+        if unknown:
+            raise UserError(f"split {unknown[0]!r} does not exist; a synthetic task has the splits {', '.join(SPLITS)}")
+
     def prepare_data(self) -> None:
         """Nothing to download: every split is generated in :meth:`setup`."""
 
@@ -330,17 +340,11 @@ def score_recall(model, data: RecallDataModule, split: str, batch_size: int, dev
                         exact=exact / max(seqs, 1))
 
 
-def evaluate_recall(cfg, model, data: RecallDataModule, device) -> RecallResult:
-    """The evaluate task on a recall task: score ``cfg.split``, print it, write the JSON file."""
-    from pathlib import Path
-
+def evaluate_recall(cfg, model, data: RecallDataModule, out, device) -> RecallResult:
+    """The evaluate task on a recall task: score ``cfg.split``, print it, write the JSON to ``out``
+    (which evaluate has checked)."""
     from .evaluation import write_result
 
-    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"eval_{cfg.split}.json"
-    if out.exists() and not cfg.get("overwrite", False):
-        raise UserError(f"{out} exists; pass overwrite=true or choose another output file")
-    if cfg.split not in SPLITS:
-        raise UserError(f"split must be one of {SPLITS}, got {cfg.split!r}")
     result = score_recall(model, data, cfg.split, cfg.batch_size, device, progress=cfg.get("progress", True))
     print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
     write_result(result, out, cfg.get("overwrite", False))

@@ -156,10 +156,11 @@ def test_timing_summary_and_interleaving():
 
 
 def test_new_benchmarks_are_registered():
-    from bench.__main__ import BENCHMARKS
+    from bench.__main__ import BENCHMARKS, load_benchmark
 
-    assert {"train_speed", "quality"} <= set(BENCHMARKS)
-    for module in BENCHMARKS.values():
+    assert {"train_speed", "quality", "s4d", "gpu", "distill"} <= set(BENCHMARKS)
+    for name in BENCHMARKS:
+        module = load_benchmark(name)
         assert module.TITLE and callable(module.run)
 
 
@@ -248,6 +249,62 @@ def test_quality_names_the_missing_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HYENA_RTF_SHARED", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="HYENA_RTF_SHARED"):
         quality.find_shared()
+
+
+def test_s4d_layer_bench_smoke_mode_tables(tmp_path):
+    from bench import s4d
+    from bench.__main__ import load_benchmark
+
+    assert load_benchmark("s4d") is s4d
+    report = s4d.run("smoke", torch.device("cpu"), tmp_path)
+    grid, summary = report.parts
+    assert grid.column("L") == [32, 32, 64, 64] and grid.column("N") == [4, 16, 4, 16]
+    for col in ("RTF ms", "S4D ms", "S4D / RTF", "RTF peak MB", "S4D peak MB"):
+        assert all(math.isfinite(v) and v > 0 for v in grid.column(col)), col
+    for r, s, ratio in zip(grid.column("RTF ms"), grid.column("S4D ms"), grid.column("S4D / RTF")):
+        assert ratio == pytest.approx(s / r)
+    # The smoke budget (10 MB) fits the materialised S4D at these sizes.
+    assert all(v is not None and v > 0 for v in grid.column("S4D materialised ms"))
+    assert summary.column("L") == [32, 64, "mean"]
+    assert summary.rows[-1][-1] == pytest.approx(sum(grid.column("S4D / RTF")) / 4)
+    assert "Paper: on average 1.35x" in report.to_markdown()
+
+
+def test_s4d_bench_skips_what_cannot_run(tmp_path, monkeypatch):
+    """The materialised S4D over its memory budget, and RTF where N >= L."""
+    from bench import s4d
+
+    budget = 4 * 4 * (16 // 2) * 64 * 8 / 1e9 - 1e-12  # just under what N=16 needs at D=4, L=64
+    sizes = dict(s4d.SIZES["smoke"], lengths=(64,), states=(4, 16, 64), materialised_max_gb=budget)
+    monkeypatch.setitem(s4d.SIZES, "smoke", sizes)
+    grid, summary = s4d.run("smoke", torch.device("cpu"), tmp_path).parts
+    mat = grid.column("S4D materialised ms")
+    assert mat[0] is not None and mat[1] is None and mat[2] is None
+    assert any("was not run at (L, N) in [(64, 16), (64, 64)]" in n for n in grid.notes)
+    assert grid.column("RTF ms")[2] is None and grid.column("S4D / RTF")[2] is None
+    assert grid.column("S4D ms")[2] > 0  # S4D runs at any N
+    assert any("No RTF at (L, N) in [(64, 64)]" in n for n in grid.notes)
+    assert summary.rows[0][-1] == pytest.approx(sum(grid.column("S4D / RTF")[:2]) / 2)
+
+@pytest.mark.slow
+def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
+    from bench import distill
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    report = distill.run("smoke", torch.device("cpu"), tmp_path)
+    vocab = distill.quality.SIZES["smoke"]["vocab"]
+    ppl = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("1."))
+    assert ppl.column("state size") == [None, *distill.MODES["smoke"]["states"], distill.L1_STATE]
+    assert all(1 < float(p) < 2 * vocab for p in ppl.column("token ppl"))
+    assert all(float(r) < 1 for r in ppl.column("max pole radius")[1:])
+    assert all(0 <= e < 1 for e in ppl.column("mean rel kernel err")[1:])
+    assert all(0 <= e < 1e-3 for e in ppl.column("recurrent vs parallel")[1:])
+    dec = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
+    settings = distill.MODES["smoke"]
+    assert len(dec.rows) == 2 * len(settings["batches"]) * len(settings["positions"])
+    assert all(v > 0 for v in dec.column("ms / token"))
+    saved = (tmp_path / "distill.json").read_text()
+    assert "teacher_ppl" in saved
 
 
 @pytest.mark.slow

@@ -1,9 +1,13 @@
-"""lm-eval on an exported directory, with a local WikiText task (the hub is unreachable).
+"""lm-eval on an exported directory with the shipped local WikiText task (the hub is unreachable).
 
 A byte-level BPE tokenizer is trained on WikiText validation text, a tiny Hyena-RTF model is
-exported with it, and the lm-eval CLI scores the first WikiText test articles through
-``--model hf --model_args pretrained=DIR,trust_remote_code=True``. The perplexities it reports
-are checked against the same model scored in-process with the protocol written out by hand.
+exported with it, and the documented command
+
+    lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True \
+        --include_path lm_eval_tasks --tasks wikitext_local --metadata '{"path": ".../wiki.test.raw"}'
+
+scores the first WikiText test articles. The perplexities it reports are checked against the same
+model scored in-process with the protocol and the article split written out by hand.
 """
 
 import json
@@ -12,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,45 +27,22 @@ from hyena_rtf.export import export_hf
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 
+ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
 L_MAX = 128
-N_DOCS = 3
-
-TASK_YAML = """task: wikitext_local
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{page}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-metadata:
-  version: 1.0
-"""
+N_DOCS = 2
 
 
-def wikitext_articles(path, n, max_chars=1500):
-    """The first n articles (split at top-level ' = Title = ' headings), each cut at a line end."""
-    articles, current = [], []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if re.match(r"^ = [^=].* = \n$", line) and current:
-            articles.append("".join(current))
-            current = []
-        current.append(line)
-    articles.append("".join(current))
+def wikitext_articles(text: str) -> list[str]:
+    """Articles found by searching the whole text for top-level ' = Title = ' lines; each runs to
+    the next title, with whitespace-only lines trimmed from both ends."""
+    starts = [m.start() for m in re.finditer(r"^ = [^=\n][^\n]* = $", text, flags=re.MULTILINE)]
+    bounds = zip(starts, starts[1:] + [len(text)])
     out = []
-    for text in articles[: n + 1]:
-        text = text.strip("\n")
-        if not text.strip():
-            continue
-        cut = text[:max_chars]
-        out.append((cut[: cut.rfind("\n")] if "\n" in cut else cut).rstrip())
-    return out[:n]
+    for a, b in bounds:
+        art = re.sub(r"(?:\n[ \t]*)+\Z", "", text[a:b])
+        out.append(art)
+    return out
 
 
 def train_tokenizer(path) -> PreTrainedTokenizerFast:
@@ -93,13 +75,9 @@ def rolling_loglikelihood(model, ids: list[int], eos: int) -> float:
 
 @pytest.mark.slow
 def test_lm_eval_cli_on_local_wikitext(tmp_path, wikitext_dir):
-    docs = wikitext_articles(wikitext_dir / "wiki.test.raw", N_DOCS)
+    raw = wikitext_dir / "wiki.test.raw"
+    docs = wikitext_articles(raw.read_text(encoding="utf-8"))[:N_DOCS]
     assert len(docs) == N_DOCS and all(len(d) > 500 for d in docs)
-    data = tmp_path / "wiki_test.jsonl"
-    data.write_text("".join(json.dumps({"page": d}) + "\n" for d in docs), encoding="utf-8")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "wikitext_local.yaml").write_text(TASK_YAML.format(data=data))
 
     tokenizer = train_tokenizer(wikitext_dir / "wiki.valid.raw")
     torch.manual_seed(0)
@@ -117,17 +95,20 @@ def test_lm_eval_cli_on_local_wikitext(tmp_path, wikitext_dir):
         HF_MODULES_CACHE=str(tmp_path / "modules"),
         TOKENIZERS_PARALLELISM="false",
     )
+    lm_eval = Path(sys.executable).parent / "lm_eval"
+    # The README's command, run from the repository root (where lm_eval_tasks/ is).
     cmd = [
-        sys.executable, "-m", "lm_eval",
+        str(lm_eval),
         "--model", "hf",
         "--model_args", f"pretrained={tmp_path / 'model'},trust_remote_code=True,dtype=float32",
+        "--include_path", "lm_eval_tasks",
         "--tasks", "wikitext_local",
-        "--include_path", str(tasks),
+        "--metadata", json.dumps({"path": str(raw)}),
         "--limit", str(N_DOCS),
         "--batch_size", "2",
         "--output_path", str(tmp_path / "results"),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result_files = list((tmp_path / "results").rglob("results*.json"))
     assert len(result_files) == 1, proc.stderr[-2000:]

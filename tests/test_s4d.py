@@ -165,6 +165,16 @@ def test_gradcheck_kernel_forward_and_prefill():
     assert torch.autograd.gradcheck(run, params)
     state = torch.randn(1, 2, 2, dtype=torch.complex128)
     assert torch.autograd.gradcheck(lambda u: f.prefill(u, state)[0], (u,))
+    # Batched weights (the incoming state's term and the outgoing state): gradients w.r.t. the
+    # parameters are summed over the batch.
+    u2 = torch.randn(2, 12, 2, dtype=torch.float64)
+    state2 = torch.randn(2, 2, 2, dtype=torch.complex128)
+
+    def outputs_and_state(*p):
+        y, x = f.prefill(u2, state2)  # (2, 12, 2), (2, 2, 2) complex
+        return y, torch.view_as_real(x)
+
+    assert torch.autograd.gradcheck(outputs_and_state, params)
     # The blocked kernel's gradients equal those of the materialised one.
     g = torch.randn(2, 12, dtype=torch.float64)
     a = torch.autograd.grad(f.kernel(), params, g)
@@ -266,3 +276,26 @@ def test_discretisation_is_zero_order_hold():
         np.testing.assert_allclose(np.exp(z[d].numpy()), np.diag(Ad), atol=1e-13)
         np.testing.assert_allclose(db[d].numpy(), Bd[:, 0], atol=1e-13)
         assert np.abs(Ad - np.diag(np.diag(Ad))).max() < 1e-14  # stays diagonal
+
+
+def test_static_buffer_decoder_runs_s4d_models():
+    """The recurrent decoder asks for a recurrence, not for RTF: hyena_s4d decodes through it, and
+    its complex states are written back in place, matching one parallel forward."""
+    from hyena_rtf.modeling.graph_decode import RecurrentDecoder, reference_decode
+    from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+    from hyena_rtf.modeling.presets import preset_config
+
+    torch.manual_seed(0)
+    model = HyenaRTFForCausalLM(preset_config("hyena_s4d-tiny", vocab_size=300, max_position_embeddings=64)).eval()
+    prompt, tokens = torch.randint(0, 300, (2, 9)), torch.randint(0, 300, (2, 6))
+    cache = model.new_cache()
+    with torch.inference_mode():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    dec = RecurrentDecoder(model, 2)
+    dec.load(cache.states, 9)
+    got = torch.stack([dec.step(tokens[:, j]).clone() for j in range(6)], 1)
+    torch.testing.assert_close(got, reference_decode(model, prompt, tokens), atol=2e-5, rtol=1e-4)
+    assert dec.states[0].long[0].dtype == torch.complex64
+    hyena = HyenaRTFForCausalLM(preset_config("hyena-tiny", vocab_size=300, max_position_embeddings=64)).eval()
+    with pytest.raises(ValueError, match="recurrence"):
+        RecurrentDecoder(hyena, 1)

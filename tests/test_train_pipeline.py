@@ -123,7 +123,7 @@ def test_train_resume_evaluate_export_generate(tmp_path, wikitext_dir, cache_dir
     nll, count = evaluation.score_tokens(model, ids, 64, 64, batch_size=8, progress=False)
     assert count == 32 * 64
     assert abs(nll / count - full_val) < 1e-4
-    assert (tmp_path / "eval" / "eval_validation.json").is_file()
+    assert (run / "eval_validation_last.json").is_file()  # beside the training run it scored
     assert math.isfinite(result.word_ppl) and math.isfinite(result.bits_per_byte)
 
     # Export to a Hugging Face directory and generate from both the checkpoint and the export.

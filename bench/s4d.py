@@ -1,0 +1,154 @@
+"""Layer speed, RTF vs S4D, over sequence length and state size (the RTF paper's Fig. 3 protocol).
+
+One long-filter layer (kernel generation + FFT convolution of a batch-1 input) forward and backward
+(gradients w.r.t. the input and every filter parameter), for the RTF filter and for the S4D filter
+of :mod:`hyena_rtf.modeling.s4d` (its blocked Vandermonde kernel, O(D N L) time and
+O(D N sqrt(L)) memory), at every (L, N) of the grid. Both use the same FFT convolution, so the
+difference is the kernel: RTF's costs O(D L log L) whatever N is, S4D's grows with N.
+
+Where its powers fit a memory budget, the minimal S4D formulation that materialises the
+(D, N/2, L) Vandermonde matrix (:class:`bench.baselines.S4DKernel`, plus the same FFT convolution)
+is timed too, to show where that formulation stops.
+
+All variants of one L run interleaved in one loop (every N, RTF and S4D alternating), so the ratio
+S4D / RTF of each cell is measured side by side. The paper reports "on average 35% faster than S4"
+(RTF vs S4/S4D with PyKeops kernels on a GPU, LRA lengths 1024..16384, log2 N = 2..11); its
+per-point numbers are not published, so the comparison is with that average only.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from hyena_rtf.modeling.fftconv import fft_conv
+from hyena_rtf.modeling.rtf import RTF
+from hyena_rtf.modeling.s4d import S4D
+
+from .baselines import S4DKernel
+from .report import Report, Table
+from .timing import compare, peak_memory
+
+TITLE = "Layer speed: RTF vs S4D over sequence length and state size (paper Fig. 3)"
+
+SIZES = {
+    "full": dict(D=64, B=1, lengths=(1024, 2048, 4096, 16384), states=(4, 16, 64, 256, 1024, 2048),
+                 repeats=7, warmup=1, materialised_max_gb=1.0),
+    "quick": dict(D=64, B=1, lengths=(1024, 4096), states=(4, 64, 1024), repeats=3, warmup=1, materialised_max_gb=0.5),
+    "smoke": dict(D=4, B=1, lengths=(32, 64), states=(4, 16), repeats=2, warmup=1, materialised_max_gb=0.01),
+}
+
+MS, MB = 1e3, 1e-6
+PAPER_MEAN_SPEEDUP = 1.35  # "35% faster": S4 layer time / RTF layer time, averaged
+
+
+def _layer_step(layer_fn, u: torch.Tensor, params: list, grad: torch.Tensor):
+    """Forward of one layer and its backward w.r.t. the input and ``params``."""
+    return lambda: torch.autograd.grad(layer_fn(u), [u] + params, grad)
+
+
+def _materialised_layer(kernel: S4DKernel, skip: torch.Tensor):
+    """The minimal S4D layer: materialised Vandermonde kernel, feed-through on tap 0, FFT convolution."""
+
+    def layer(u: torch.Tensor) -> torch.Tensor:
+        k = kernel.kernel(u.shape[1])  # (D, L), builds (D, N/2, L)
+        k = torch.cat([k[:, :1] + skip.unsqueeze(-1), k[:, 1:]], -1)
+        return fft_conv(u, k)
+
+    return layer
+
+
+def layer_grid(cfg: dict, device: torch.device, report: Report) -> Table:
+    D, B = cfg["D"], cfg["B"]
+    table = Table(
+        f"1. One filter layer, forward + backward (D={D}, batch {B}; ms per call, median of {cfg['repeats']})",
+        ["L", "N", "RTF ms", "RTF IQR ms", "S4D ms", "S4D IQR ms", "S4D / RTF", "RTF peak MB", "S4D peak MB",
+         "S4D materialised ms", "materialised peak MB"],
+    )
+    for L in cfg["lengths"]:
+        runs = {}
+        u = torch.randn(B, L, D, device=device, requires_grad=True)
+        grad = torch.randn(B, L, D, device=device)
+        materialised_fits = {}
+        for N in cfg["states"]:
+            torch.manual_seed(N)
+            if N < L:  # RTF samples its transfer function at L points: it needs N < L
+                rtf = RTF(D, N, L, device=device)
+                runs[("rtf", N)] = _layer_step(rtf, u, list(rtf.parameters()), grad)
+            s4d = S4D(D, N, L, device=device)
+            runs[("s4d", N)] = _layer_step(s4d, u, list(s4d.parameters()), grad)
+            base = S4DKernel(D, N).to(device)
+            # Forward + backward hold about four (D, N/2, L) complex tensors.
+            materialised_fits[N] = 4 * base.vandermonde_bytes(L) <= cfg["materialised_max_gb"] * 1e9
+            if materialised_fits[N]:
+                skip = torch.randn(D, device=device, requires_grad=True)
+                runs[("mat", N)] = _layer_step(_materialised_layer(base, skip), u, list(base.parameters()) + [skip], grad)
+        t = compare(runs, repeats=cfg["repeats"], warmup=cfg["warmup"], device=device)
+        for N in cfg["states"]:
+            r, s = t.get(("rtf", N)), t[("s4d", N)]
+            mat = t.get(("mat", N))
+            table.add(
+                L, N, r.median * MS if r else None, r.iqr * MS if r else None, s.median * MS, s.iqr * MS,
+                s.median / r.median if r else None,
+                peak_memory(runs[("rtf", N)], device) * MB if r else None, peak_memory(runs[("s4d", N)], device) * MB,
+                mat.median * MS if mat else None,
+                peak_memory(runs[("mat", N)], device) * MB if mat else None,
+            )
+        del runs
+    ratios = [r for r in table.column("S4D / RTF") if r is not None]
+    no_rtf = [(L, N) for L, N, r in zip(table.column("L"), table.column("N"), table.column("S4D / RTF")) if r is None]
+    geo = statistics.geometric_mean(ratios)
+    mean = statistics.fmean(ratios)
+    faster = sum(r > 1 for r in ratios)
+    table.notes.append(
+        f"S4D / RTF = S4D layer time over RTF layer time (> 1: RTF faster). Mean over the {len(ratios)} cells "
+        f"{mean:.2f}x (geometric mean {geo:.2f}x); RTF faster in {faster} of {len(ratios)} cells. Paper: on "
+        f"average {PAPER_MEAN_SPEEDUP:.2f}x ('35% faster than S4', GPU, PyKeops S4/S4D kernels, RTF without fused FFTConv)."
+    )
+    skipped = [(L, N) for L, N, m in zip(table.column("L"), table.column("N"), table.column("S4D materialised ms")) if m is None]
+    table.notes.append(
+        "S4D (this package) ran at every cell: its blocked Vandermonde product never holds a (D, N/2, L) tensor. "
+        + (f"The materialised formulation was not run at (L, N) in {skipped}: forward + backward would hold "
+           f"about {cfg['materialised_max_gb']} GB or more of (D, N/2, L) complex powers." if skipped
+           else "The materialised formulation fit the memory budget at every cell.")
+    )
+    if no_rtf:
+        table.notes.append(f"No RTF at (L, N) in {no_rtf}: RTF needs N < L (its spectrum is sampled at L points); "
+                           "those cells are left out of the means.")
+    table.notes.append(
+        "Layer = kernel generation + causal FFT convolution (shared code), backward w.r.t. input and all "
+        "filter parameters. Every N and both filters of one L run interleaved in one loop."
+    )
+    report.parts.append(table)
+    report.parts.append(_summary(table))
+    return table
+
+
+def _summary(table: Table) -> Table:
+    lengths = sorted(set(table.column("L")))
+    states = sorted(set(table.column("N")))
+    cell = {(r[0], r[1]): r[6] for r in table.rows}
+    summary = Table("2. S4D / RTF time ratio per cell (rows L, columns N)", ["L"] + [f"N={n}" for n in states] + ["mean"])
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return statistics.fmean(vals) if vals else None
+
+    for L in lengths:
+        vals = [cell[(L, n)] for n in states]
+        summary.add(L, *vals, mean(vals))
+    summary.add("mean", *[mean(cell[(L, n)] for L in lengths) for n in states], mean(cell.values()))
+    summary.notes.append("Means over the cells where both layers ran ('-': RTF needs N < L).")
+    return summary
+
+
+def run(mode: str, device: torch.device, out: Path) -> Report:
+    """Run the grid at the sizes of ``mode`` ("full", "quick" or "smoke")."""
+    if mode not in SIZES:
+        raise ValueError(f"mode must be one of {sorted(SIZES)}, got {mode!r}")
+    torch.manual_seed(0)
+    report = Report("s4d", TITLE)
+    layer_grid(SIZES[mode], device, report)
+    return report

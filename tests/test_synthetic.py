@@ -211,3 +211,10 @@ def test_cli_trains_and_evaluates_a_task(task, overrides, tmp_path):
     assert result["sequences"] == 32 and 0.0 <= result["exact"] <= result["acc"] <= 1.0
     # The same test split scored outside Lightning agrees with the trainer's test/acc.
     assert result["acc"] == pytest.approx(test_acc, abs=1e-6)
+
+
+def test_cli_refuses_a_copy_longer_than_the_context(tmp_path):
+    res = _run(["train.py", "data=copying", "data.mem_len=100", "model=hyena_rtf_tiny", f"paths.output_dir={tmp_path}"], tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: data=copying makes sequences of 2 * data.mem_len + data.delay = 200")
+    assert not (tmp_path / "checkpoints").exists()

@@ -27,7 +27,7 @@ from .report import header
 # Benchmark name -> module of this package, imported only when that benchmark runs: the GPU
 # benchmark must start on a machine without hydra/omegaconf/datasets, which the data-driven
 # benchmarks (quality, distill) import.
-BENCHMARKS = ("rtf", "s4d", "decode", "train_speed", "quality", "gpu", "distill")
+BENCHMARKS = ("rtf", "s4d", "decode", "train_speed", "quality", "gpu", "distill", "memory")
 
 
 def load_benchmark(name: str):
@@ -41,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {list(BENCHMARKS)})")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes)")
+    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes, memory about 10)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes that only check the benchmarks run (used by the tests)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"), help="directory for <name>.md and plots (default: $OUT if set, else bench/results)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")

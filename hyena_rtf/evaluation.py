@@ -161,6 +161,10 @@ def evaluate(cfg) -> EvalResult:
     model, tokenizer = load_for_inference(cfg.ckpt_path, device)
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
+    if getattr(datamodule, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
+        from .synthetic import evaluate_recall
+
+        return evaluate_recall(cfg, model, datamodule, out, device)
     corpus = datamodule.corpus
     text = corpus.text(cfg.split)
     ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")

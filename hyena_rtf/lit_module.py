@@ -15,6 +15,7 @@ from .flops import flops_per_token
 from .metrics import bits_per_byte, perplexity
 from .modeling.configuration_hyena_rtf import HyenaRTFConfig
 from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+from .synthetic import recall_counts
 
 __all__ = ["HyenaLMModule"]
 
@@ -66,6 +67,10 @@ class HyenaLMModule(L.LightningModule):
         for stage in ("val", "test"):
             setattr(self, f"_{stage}_nll", SumMetric())
             setattr(self, f"_{stage}_tokens", SumMetric())
+            # Recall tasks (hyena_rtf.synthetic): correct tokens, exact sequences, scored sequences.
+            for name in ("correct", "exact", "seqs"):
+                setattr(self, f"_{stage}_{name}", SumMetric())
+        self.recall_metrics = False  # set from the datamodule in setup()
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ forward / loss
@@ -74,9 +79,10 @@ class HyenaLMModule(L.LightningModule):
         net = self._compiled if (self.training and self._compiled is not None) else self.net
         return net(input_ids=input_ids).logits
 
-    def nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed negative log-likelihood (fp32) and number of scored tokens of a batch."""
-        logits = self(batch["input_ids"])  # (B, L, V)
+    def nll(self, batch: dict, logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood (fp32) and number of scored tokens (targets != -100) of a
+        batch; ``logits`` of the batch's inputs are computed unless given."""
+        logits = self(batch["input_ids"]) if logits is None else logits  # (B, L, V)
         targets = batch["targets"]  # (B, L)
         nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum", ignore_index=-100)
         return nll, (targets != -100).sum()
@@ -85,6 +91,7 @@ class HyenaLMModule(L.LightningModule):
         if self.hparams.compile and stage == "fit" and self._compiled is None:
             self._compiled = torch.compile(self.net)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.recall_metrics = bool(getattr(dm, "recall_metrics", False))
         if dm is not None and hasattr(dm, "meta"):
             for split, stage_name in (("validation", "val"), ("test", "test")):
                 try:
@@ -132,9 +139,13 @@ class HyenaLMModule(L.LightningModule):
             self.log("train/skipped", self.skipped_steps.float(), on_step=True, prog_bar=True)
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        nll, count = self.nll(batch)
+        logits = self(batch["input_ids"])  # (B, L, V)
+        nll, count = self.nll(batch, logits)
         getattr(self, f"_{stage}_nll").update(nll.double())
         getattr(self, f"_{stage}_tokens").update(count.double())
+        if self.recall_metrics:
+            for name, value in zip(("correct", "exact", "seqs"), recall_counts(logits, batch["targets"])):
+                getattr(self, f"_{stage}_{name}").update(value.double())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -151,6 +162,12 @@ class HyenaLMModule(L.LightningModule):
             return
         loss = (nll / tokens).item()
         metrics = {f"{stage}/loss": loss, f"{stage}/ppl": perplexity(nll.item(), tokens.item())}
+        if self.recall_metrics:
+            correct, exact, seqs = (getattr(self, f"_{stage}_{n}") for n in ("correct", "exact", "seqs"))
+            metrics[f"{stage}/acc"] = (correct.compute() / tokens).item()
+            metrics[f"{stage}/exact"] = (exact.compute() / seqs.compute().clamp_min(1)).item()
+            for m in (correct, exact, seqs):
+                m.reset()
         ratios = self.eval_ratios.get(stage)
         if ratios:
             # Token-weighted NLL converted with the split's words/bytes per token (exact when the

@@ -59,6 +59,13 @@ def check_config(cfg: DictConfig) -> None:
     _unknown_keys("trainer", cfg.trainer, _constructor_keys(L.Trainer.__init__))
 
     seq_len, l_max = cfg.data.get("seq_len"), cfg.model.get("max_position_embeddings")
+    if "mem_len" in cfg.data and l_max is not None:  # data=copying: the block, the delay, the copies
+        length = 2 * cfg.data.mem_len + cfg.data.get("delay", 0)
+        if length > l_max:
+            raise UserError(
+                f"data=copying makes sequences of 2 * data.mem_len + data.delay = {length} tokens, more than "
+                f"model.max_position_embeddings={l_max}; lower data.mem_len or data.delay, or raise model.max_position_embeddings"
+            )
     if seq_len is not None and l_max is not None and seq_len > l_max:
         raise UserError(
             f"data.seq_len={seq_len} exceeds the model's context model.max_position_embeddings={l_max}; "
@@ -216,14 +223,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _print_summary(cfg, trainer, module, datamodule, metrics, seconds: float) -> None:
     lines = [f"run dir        : {cfg.paths.output_dir}", f"wall time      : {seconds / 60:.1f} min"]
-    if "val/ppl" in metrics:
+    if "val/ppl" in metrics and hasattr(datamodule, "token_array"):
         uni = unigram_ppl(datamodule.token_array("train"), datamodule.token_array("validation"), len(datamodule.tokenizer))
         lines.append(f"val ppl        : {metrics['val/ppl']:.2f}  (unigram ppl of the same tokenizer on the same split: {uni:.2f})")
         limit = cfg.trainer.get("limit_val_batches", 1.0)
         if limit not in (1.0, None):
             part = f"first {limit} validation batches" if isinstance(limit, int) else f"first {limit:.0%} of the validation split"
             lines.append(f"                 val/* score the {part}; evaluate.py scores the whole split")
-    for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb"):
+    for key in ("val/word_ppl", "val/bpb", "test/ppl", "test/word_ppl", "test/bpb", "val/acc", "val/exact", "test/acc", "test/exact"):
         if key in metrics and math.isfinite(metrics[key]):
             lines.append(f"{key:<15}: {metrics[key]:.3f}")
     last = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")

@@ -305,3 +305,31 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
     assert all(v > 0 for v in dec.column("ms / token"))
     saved = (tmp_path / "distill.json").read_text()
     assert "teacher_ppl" in saved
+
+
+@pytest.mark.slow
+def test_memory_smoke_mode_tables(tmp_path):
+    from bench import memory
+
+    report = memory.run("smoke", torch.device("cpu"), tmp_path)
+    cfg = memory.SIZES["smoke"]
+    mixers = [m for m in memory.WANTED if m in memory.MIXERS]
+    copying, timing, recall = (p for p in report.parts if isinstance(p, Table))
+    n_rows = sum(len(cfg["states"]) if m in memory.STATE_MIXERS else 1 for m in mixers)
+    assert len(copying.rows) == len(timing.rows) == n_rows
+    assert copying.column("state size")[: len(cfg["states"])] == list(cfg["states"])
+    for lo, mean, hi, exact in zip(copying.column("acc min %"), copying.column("acc %"), copying.column("acc max %"),
+                                   copying.column("exact %")):
+        assert 0 <= lo <= mean <= hi <= 100 and 0 <= exact <= 100
+    assert all(ms > 0 and math.isfinite(ms) for ms in timing.column("step ms"))
+    assert timing.column("/ smallest N")[0] == 1.0
+    assert recall.column("mixer") == mixers
+    assert all(0 <= a <= 100 for length in cfg["ar_lengths"] for a in recall.column(f"L={length}"))
+    assert (tmp_path / "memory.png").stat().st_size > 1000
+
+    # Every run was recorded; a second call reuses them instead of training again.
+    lines = (tmp_path / "memory_runs.jsonl").read_text().splitlines()
+    assert len(lines) == n_rows * len(cfg["seeds"]) + len(mixers) * len(cfg["ar_lengths"]) * len(cfg["ar_seeds"])
+    again = memory.run("smoke", torch.device("cpu"), tmp_path)
+    assert again.parts[1].rows == copying.rows
+    assert len((tmp_path / "memory_runs.jsonl").read_text().splitlines()) == len(lines)

@@ -49,7 +49,9 @@ def test_data_configs_instantiate(name, tmp_path):
     extra = ["data.train_path=x.txt"] if name == "files" else []
     cfg = compose_cfg("train", [f"data={name}", *extra], tmp_path, return_hydra=False)
     dm = instantiate(cfg.data)
-    assert dm.seq_len == cfg.data.seq_len  # constructing does not read or download anything
+    # data=copying derives its length: the block, the delay, the copies.
+    seq_len = cfg.data.seq_len if "seq_len" in cfg.data else 2 * cfg.data.mem_len + cfg.data.delay
+    assert dm.seq_len == seq_len  # constructing does not read or download anything
 
 
 @pytest.mark.parametrize("name", ["default", "cpu", "ddp_cpu"])

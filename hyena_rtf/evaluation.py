@@ -145,7 +145,6 @@ def evaluate(cfg) -> EvalResult:
     from hydra.utils import instantiate
 
     from .checkpoints import load_for_inference
-    from .data import text_stats, tokenize_text
     from .errors import UserError
 
     if not cfg.get("ckpt_path"):
@@ -162,9 +161,22 @@ def evaluate(cfg) -> EvalResult:
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
     if getattr(datamodule, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
-        from .synthetic import evaluate_recall
+        from .synthetic import score_recall
 
-        return evaluate_recall(cfg, model, datamodule, out, device)
+        result = score_recall(model, datamodule, cfg.split, cfg.batch_size, device, progress=cfg.get("progress", True))
+    else:
+        result = _score_corpus(cfg, model, tokenizer, datamodule, device)
+    print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
+    write_result(result, out, cfg.get("overwrite", False))
+    print(f"results written to {out}")
+    return result
+
+
+def _score_corpus(cfg, model, tokenizer, datamodule, device) -> EvalResult:
+    """Token / word perplexity and bits per byte of the whole split of a text corpus."""
+    from .data import text_stats, tokenize_text
+    from .errors import UserError
+
     corpus = datamodule.corpus
     text = corpus.text(cfg.split)
     ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")
@@ -176,9 +188,5 @@ def evaluate(cfg) -> EvalResult:
         n = (len(ids) - 1) // context * context + 1  # drop the incomplete last chunk, as training does
         ids = ids[:n]
     stats = text_stats(text)
-    result = evaluate_ids(model, ids, cfg.split, context, cfg.stride, stats, cfg.batch_size, device,
-                          progress=cfg.get("progress", True))
-    print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
-    write_result(result, out, cfg.get("overwrite", False))
-    print(f"results written to {out}")
-    return result
+    return evaluate_ids(model, ids, cfg.split, context, cfg.stride, stats, cfg.batch_size, device,
+                        progress=cfg.get("progress", True))

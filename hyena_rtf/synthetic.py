@@ -338,15 +338,3 @@ def score_recall(model, data: RecallDataModule, split: str, batch_size: int, dev
     return RecallResult(split=split, sequences=seqs, tokens_scored=tokens, nll_sum=nll,
                         token_ppl=math.exp(min(nll / max(tokens, 1), 700.0)), acc=correct / max(tokens, 1),
                         exact=exact / max(seqs, 1))
-
-
-def evaluate_recall(cfg, model, data: RecallDataModule, out, device) -> RecallResult:
-    """The evaluate task on a recall task: score ``cfg.split``, print it, write the JSON to ``out``
-    (which evaluate has checked)."""
-    from .evaluation import write_result
-
-    result = score_recall(model, data, cfg.split, cfg.batch_size, device, progress=cfg.get("progress", True))
-    print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
-    write_result(result, out, cfg.get("overwrite", False))
-    print(f"results written to {out}")
-    return result

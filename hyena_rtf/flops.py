@@ -12,8 +12,7 @@ from torch import nn
 
 from .modeling.attention import CausalSelfAttention
 from .modeling.fftconv import fft_size
-from .modeling.implicit_filter import ImplicitFilter
-from .modeling.rtf import RTF
+from .modeling.long_filter import LongFilter
 
 __all__ = ["flops_per_token", "train_flops_per_token"]
 
@@ -26,9 +25,11 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Forward FLOPs per token of ``model`` on sequences of ``seq_len`` tokens.
 
     Counts every Linear (LM head included), the depthwise short convolutions, the long FFT
-    convolutions (input rFFT + pointwise product + irFFT per channel; the kernel's own FFTs are
-    batch-independent and amortised over one sequence), and attention scores and values (2 matmuls
-    of length ``seq_len``, no causal discount, as in the PaLM MFU convention).
+    convolutions (input rFFT + pointwise product + irFFT per channel) of every long filter, the
+    filters' kernel generation (batch-independent, amortised over one sequence: two FFTs per
+    channel unless the filter states its own cost in ``kernel_flops(L)``, as the S4D
+    Vandermonde kernel does), and attention scores and values (2 matmuls of length ``seq_len``,
+    no causal discount, as in the PaLM MFU convention).
     """
     total = 0.0
     n = fft_size(2 * seq_len - 1)
@@ -37,10 +38,13 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
             total += 2 * m.in_features * m.out_features
         elif isinstance(m, nn.Conv1d):
             total += 2 * m.weight.numel()  # depthwise: (C, 1, K) multiply-adds per position
-        elif isinstance(m, (RTF, ImplicitFilter)):
+        elif isinstance(m, LongFilter):
             per_channel = 2 * _rfft_flops(n) + 6 * (n // 2 + 1)  # rfft(u), irfft(y), complex product
-            kernel = 2 * _rfft_flops(n)  # the kernel's spectrum, once per sequence
-            total += m.d_model * (per_channel + kernel) / seq_len
+            if hasattr(m, "kernel_flops"):
+                kernel = m.kernel_flops(seq_len)
+            else:  # the kernel's spectrum (RTF: coefficient FFTs; implicit: its FFT), once per sequence
+                kernel = m.d_model * 2 * _rfft_flops(n)
+            total += (m.d_model * per_channel + kernel) / seq_len
         elif isinstance(m, CausalSelfAttention):
             total += 2 * 2 * m.d_model * seq_len
     return total

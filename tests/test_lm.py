@@ -281,3 +281,18 @@ def test_param_groups_partition_the_parameters(mixer):
             assert all(p.dim() >= 2 for p in by_name["decay"]["params"])
         opt = torch.optim.AdamW(groups, lr=3e-4)
         assert [g.get("lr") for g in opt.param_groups] == [1e-3 if g["name"] == "filter" else 3e-4 for g in groups]
+
+
+def test_flop_count_charges_the_s4d_kernel_per_mode_and_rtf_nothing_per_state():
+    from hyena_rtf.flops import flops_per_token
+
+    def count(mixer, n):
+        cfg = preset_config(f"{mixer}-tiny", state_size=n, max_position_embeddings=128)
+        return flops_per_token(HyenaRTFForCausalLM(cfg), 128), cfg
+
+    (r16, _), (r64, _) = count("hyena_rtf", 16), count("hyena_rtf", 64)
+    assert r16 == r64  # state-free: the RTF kernel costs the same FFTs at any order
+    (s16, cfg), (s64, _) = count("hyena_s4d", 16), count("hyena_s4d", 64)
+    filters = cfg.num_hidden_layers * (cfg.hyena_order - 1)
+    # by hand: 8 FLOPs per complex mode and tap, (64 - 16) / 2 more modes, 128 taps over 128 tokens
+    assert s64 - s16 == pytest.approx(filters * 8 * cfg.hidden_size * (64 - 16) / 2 * 128 / 128)

@@ -225,6 +225,10 @@ class S4D(LongFilter):
     def _compute_dtype(self) -> torch.dtype:
         return torch.promote_types(self.log_dt.dtype, torch.float32)
 
+    def kernel_flops(self, L: int) -> float:
+        """FLOPs of one kernel of length L: a complex multiply-add (8 real FLOPs) per mode and tap."""
+        return 8.0 * self.d_model * (self.state_size // 2) * L
+
     def _kernel(self, L: int, dtype: torch.dtype, reference: bool = False) -> Tensor:
         with torch.autocast(device_type=self.log_dt.device.type, enabled=False):
             z, db, c = self.discretize(_complex_of(dtype))

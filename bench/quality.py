@@ -6,7 +6,8 @@
     python -m bench.quality --quick --tables 1 4 --threads 2 --out bench/results
 
 ``python -m bench.quality`` runs a chosen subset of the tables (``--tables``), optionally with
-fewer ``--steps`` or other ``--seeds`` than the mode's, and writes ``<out>/quality.md`` like
+fewer ``--steps`` or other ``--seeds`` than the mode's (``--seeds`` applies to every table, the
+one-seed ablations of tables 2 and 3 included), and writes ``<out>/quality.md`` like
 ``python -m bench quality`` does.
 
 Every run trains the same small backbone for the same number of steps on the same tokens: the
@@ -187,7 +188,7 @@ def sizes(mode: str, steps: Optional[int] = None, seeds: Optional[tuple] = None)
     if seeds is not None:
         if not seeds:
             raise ValueError("seeds must not be empty")
-        cfg.update(seeds=tuple(seeds), ablation_seeds=tuple(seeds[:1]))
+        cfg.update(seeds=tuple(seeds), ablation_seeds=tuple(seeds))  # every table gets the seeds asked for
     return cfg
 
 

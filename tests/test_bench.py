@@ -280,7 +280,7 @@ def test_quality_sizes_overrides():
     from bench import quality
 
     cfg = quality.sizes("full", steps=600, seeds=(0, 1))
-    assert (cfg["steps"], cfg["eval_every"], cfg["seeds"], cfg["ablation_seeds"]) == (600, 100, (0, 1), (0,))
+    assert (cfg["steps"], cfg["eval_every"], cfg["seeds"], cfg["ablation_seeds"]) == (600, 100, (0, 1), (0, 1))
     assert quality.sizes("smoke", steps=1)["eval_every"] == 1
     assert quality.SIZES["full"]["steps"] == 1000  # the mode itself is unchanged
     with pytest.raises(ValueError, match="tables"):

@@ -30,7 +30,7 @@ Tables:
 3. RTF state size (4, 16, 64, 256);
 4. (only when asked for) the long-filter optimizer group of hyena_rtf and hyena: the default
    (filter lr = lr, no weight decay on filters), filters decayed like every other weight, filter
-   lr 0.1x; ``seeds`` each.
+   lr 0.1x, filters frozen at their initialisation (filter lr 0); ``seeds`` each.
 The hyena_rtf runs of table 1 use xavier, l1_montel and state size 64, so their first seed is also
 that cell of tables 2 and 3, and table 1's runs are table 4's default rows; none is trained twice.
 ``max_position_embeddings`` (the RTF kernel length l_max) is 512 in every run, above the largest
@@ -92,7 +92,9 @@ WIKITEXT = Path("data") / "wikitext-2-raw"
 TABLES = (1, 2, 3, 4)
 DEFAULT_TABLES = (1, 2, 3)
 # Table 4: HyenaLMModule optimizer arguments per variant (lr 1e-3 and weight decay 0.25 are the defaults).
-OPTIM = {"default": {}, "filters decayed": {"filter_weight_decay": 0.25}, "filter lr 0.1x": {"filter_lr": 1e-4}}
+# "filters frozen" (filter lr 0) keeps every long filter at its initialisation: how much training them is worth.
+OPTIM = {"default": {}, "filters decayed": {"filter_weight_decay": 0.25}, "filter lr 0.1x": {"filter_lr": 1e-4},
+         "filters frozen": {"filter_lr": 0.0}}
 OPTIM_MIXERS = ("hyena_rtf", "hyena")
 # The settings that change a run's result; with the model, optimizer and seed they key the run file.
 RUN_KEYS = ("hidden", "layers", "seq_len", "batch", "steps", "eval_every", "val_batches", "vocab")
@@ -285,7 +287,8 @@ def run(mode: str, device: torch.device, out: Path, tables: tuple = DEFAULT_TABL
                 optim.add(mixer, variant, _finite(tok), _finite(tok_sd), _finite(word), _finite(word_sd), len(rs))
         optim.notes.append("Filter group: every long-filter parameter (RTF coefficients, feed-through and scale; the implicit "
                            "filter's positional encoding and MLP). default: lr 1e-3 (= the others'), weight decay 0; "
-                           "'filters decayed': weight decay 0.25 like every other parameter; 'filter lr 0.1x': lr 1e-4.")
+                           "'filters decayed': weight decay 0.25 like every other parameter; 'filter lr 0.1x': lr 1e-4; 'filters frozen': lr 0, the filters "
+                           "keep their initialisation.")
         report.parts.append(optim)
 
     seeds_note = f"{len(cfg['ablation_seeds'])} seed{'s' if len(cfg['ablation_seeds']) > 1 else ''} per cell"

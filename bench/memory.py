@@ -51,6 +51,7 @@ from hyena_rtf.modeling.presets import PRESETS
 from hyena_rtf.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule, score_recall
 
 from .report import Report, Table
+from .runfile import RunFile
 from .timing import compare
 
 TITLE = "Memory tasks: copying accuracy vs state size, associative recall vs sequence length"
@@ -129,25 +130,6 @@ def train_and_score(cfg: dict, data: RecallDataModule, model: dict, steps: int, 
                 params=sum(p.numel() for p in module.net.parameters()))
 
 
-class _Runs:
-    """Finished runs, kept in a JSON-lines file so an interrupted grid resumes where it stopped."""
-
-    def __init__(self, path: Path):
-        self.path, self.done = path, {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.done[rec["key"]] = rec["result"]
-
-    def get(self, key: str, make) -> dict:
-        if key not in self.done:
-            self.done[key] = make()
-            with self.path.open("a") as f:
-                f.write(json.dumps({"key": key, "result": self.done[key]}) + "\n")
-        return self.done[key]
-
-
 def step_times(cfg: dict, mixers: list[str], device: torch.device) -> Table:
     """Training step (forward, backward, AdamW) per state size, interleaved over all configs."""
     L_seq = 2 * cfg["mem_len"]
@@ -188,7 +170,7 @@ COPY_KEYS = ("hidden", "layers", "l_max", "batch", "lr", "train_size", "eval_siz
 RECALL_KEYS = COPY_KEYS[:9] + ("ar_pairs", "ar_queries", "ar_vocab", "ar_steps", "ar_state")
 
 
-def grid(task: str, cfg: dict, mixers: list[str], runs: _Runs, device: torch.device) -> dict:
+def grid(task: str, cfg: dict, mixers: list[str], runs: RunFile, device: torch.device) -> dict:
     """Train (or reuse) every run of one task: copying keyed (mixer, N, seed), recall (mixer, L, seed)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if task == "copying":
@@ -226,7 +208,7 @@ def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] 
         raise ValueError(f"mode must be one of {sorted(SIZES)}, got {mode!r}")
     cfg = SIZES[mode]
     mixers = _mixers(mixers)
-    runs = _Runs(out / "memory_runs.jsonl")
+    runs = RunFile(out / "memory_runs.jsonl")
     copy = grid("copying", cfg, mixers, runs, device)
     ar = grid("recall", cfg, mixers, runs, device)
     loads = [r["load"] for r in (*copy.values(), *ar.values())]
@@ -339,7 +321,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]
-    grid(args.task, cfg, _mixers(args.mixers), _Runs(args.out / "memory_runs.jsonl"), torch.device(args.device))
+    grid(args.task, cfg, _mixers(args.mixers), RunFile(args.out / "memory_runs.jsonl"), torch.device(args.device))
     return 0
 
 

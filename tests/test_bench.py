@@ -1,11 +1,13 @@
 """Benchmark suite: the tiny mode runs end to end, its baselines compute the same functions, and
 the CPU peak-memory method is right."""
 
+import json
 import math
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,7 +223,9 @@ def test_quality_smoke_mode_tables(tmp_path, monkeypatch):
     vocab = quality.SIZES["smoke"]["vocab"]
 
     mixers = report.table("1. Test perplexity by mixer (2 seeds each: mean ± std)")
-    assert mixers.column("mixer") == ["hyena_rtf", "hyena", "attention"]
+    assert mixers.column("mixer") == ["hyena_rtf", "hyena_s4d", "hyena", "attention"]
+    # hyena_s4d at state size 64 has exactly RTF's parameter count (130 filter parameters per channel each).
+    assert mixers.column("params")[0] == mixers.column("params")[1]
     for col in ("token ppl", "token ppl std", "word ppl", "word ppl std", "train s per run"):
         assert all(v is not None and math.isfinite(v) and v >= 0 for v in mixers.column(col)), col
     # A few steps barely move a model from uniform over the vocabulary, and never above it by much.
@@ -241,6 +245,46 @@ def test_quality_smoke_mode_tables(tmp_path, monkeypatch):
     shared = ablation.column("token ppl")[[(i, c) for i in quality.INITS for c in quality.CONSTRAINTS].index(("xavier", "l1_montel"))]
     assert states.column("token ppl")[2] == shared
     assert (tmp_path / "quality_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quality_filter_group_table_and_resume(tmp_path, monkeypatch):
+    """Table 4 alone through the CLI; a second call trains nothing; other steps train anew."""
+    from bench import quality
+
+    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    out = tmp_path / "out"
+    assert quality.main(["--smoke", "--tables", "4", "--seeds", "0", "--out", str(out)]) == 0
+    text = (out / "quality.md").read_text()
+    assert "4. Long-filter optimizer group" in text and "1. Test perplexity" not in text and "2. RTF init" not in text
+    lines = (out / "quality_runs.jsonl").read_text().splitlines()
+    assert len(lines) == len(quality.OPTIM_MIXERS) * len(quality.OPTIM)  # one seed
+    report = quality.run("smoke", torch.device("cpu"), out, tables=(4,), seeds=(0,))
+    assert len((out / "quality_runs.jsonl").read_text().splitlines()) == len(lines)
+    table = report.parts[1]
+    assert table.column("mixer") == [m for m in quality.OPTIM_MIXERS for _ in quality.OPTIM]
+    assert table.column("filter group") == list(quality.OPTIM) * len(quality.OPTIM_MIXERS)
+    ppl = table.column("token ppl")
+    assert all(math.isfinite(p) and p > 1 for p in ppl)
+    # Decaying or slowing the filters changes training: each variant differs from its default row.
+    for i in range(0, len(ppl), len(quality.OPTIM)):
+        assert ppl[i] not in ppl[i + 1: i + len(quality.OPTIM)]
+    # The stored results are the ones reported (read back from the file, not recomputed).
+    stored = [json.loads(line)["result"]["token_ppl"] for line in lines]
+    assert sorted(stored) == sorted(ppl)
+    quality.run("smoke", torch.device("cpu"), out, tables=(4,), seeds=(0,), steps=2)
+    assert len((out / "quality_runs.jsonl").read_text().splitlines()) == 2 * len(lines)
+
+
+def test_quality_sizes_overrides():
+    from bench import quality
+
+    cfg = quality.sizes("full", steps=600, seeds=(0, 1))
+    assert (cfg["steps"], cfg["eval_every"], cfg["seeds"], cfg["ablation_seeds"]) == (600, 100, (0, 1), (0, 1))
+    assert quality.sizes("smoke", steps=1)["eval_every"] == 1
+    assert quality.SIZES["full"]["steps"] == 1000  # the mode itself is unchanged
+    with pytest.raises(ValueError, match="tables"):
+        quality.run("smoke", torch.device("cpu"), Path("."), tables=(5,))
 
 
 def test_quality_names_the_missing_data(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from hyena_rtf.lit_module import HyenaLMModule
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 from hyena_rtf.modeling.presets import PRESETS
+from hyena_rtf.training import quiet_lightning
 from hyena_rtf.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule, score_recall
 
 from .report import Report, Table
@@ -173,6 +174,7 @@ RECALL_KEYS = COPY_KEYS[:9] + ("ar_pairs", "ar_queries", "ar_vocab", "ar_steps",
 def grid(task: str, cfg: dict, mixers: list[str], runs: RunFile, device: torch.device) -> dict:
     """Train (or reuse) every run of one task: copying keyed (mixer, N, seed), recall (mixer, L, seed)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_lightning()  # also the LeafSpec deprecation Lightning triggers on torch >= 2.10
     if task == "copying":
         # Seed-major order: an interrupted grid still has whole seeds.
         jobs = [(m, n, s) for s in cfg["seeds"] for m in mixers for n in (cfg["states"] if m in STATE_MIXERS else (None,))]

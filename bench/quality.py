@@ -66,6 +66,7 @@ from hyena_rtf.datamodule import LMDataModule
 from hyena_rtf.evaluation import evaluate_ids
 from hyena_rtf.lit_module import HyenaLMModule
 from hyena_rtf.modeling.presets import PRESETS
+from hyena_rtf.training import quiet_lightning
 
 from .report import Report, Table, header
 from .runfile import RunFile
@@ -205,6 +206,7 @@ def run(mode: str, device: torch.device, out: Path, tables: tuple = DEFAULT_TABL
     wiki = find_shared() / WIKITEXT
     # Many fits would each print Lightning's accelerator summary and stop message.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_lightning()  # also the LeafSpec deprecation Lightning triggers on torch >= 2.10
     report = Report("quality", TITLE)
     stored = RunFile(out / "quality_runs.jsonl")
     settings = json.dumps({k: cfg[k] for k in RUN_KEYS}, sort_keys=True)

@@ -338,7 +338,9 @@ def _plot(cfg: dict, runs: dict, main_key, tables: tuple, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_m, ax_a) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    ablations = any(t in tables for t in (2, 3, 4))  # the second panel only when there is something to draw in it
+    fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(11 if ablations else 6, 4), sharey=True, squeeze=False)
+    ax_m, ax_a = axes[0][0], (axes[0][1] if ablations else None)
     for mixer in MIXERS if 1 in tables else OPTIM_MIXERS:
         curves = [runs[main_key(mixer) + (s,)]["curve"] for s in cfg["seeds"]]
         steps = [p[0] for p in curves[0]]
@@ -346,13 +348,14 @@ def _plot(cfg: dict, runs: dict, main_key, tables: tuple, path: Path) -> Path:
         mean = [statistics.fmean(v) for v in vals]
         line, = ax_m.plot(steps, mean, "o-", label=f"{mixer} (mean of {len(curves)})")
         ax_m.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.2, color=line.get_color())
-    for key, r in runs.items():
+    for key, r in runs.items() if ablations else ():
         if key[0] == "hyena_rtf" and key[-1] == cfg["ablation_seeds"][0] and (2 in tables or 3 in tables):
             _, init, constraint, n, _ = key
             ax_a.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], ".-", label=f"{init}/{constraint}/N={n}")
         elif key[0] == "optim" and key[2] != "default" and key[-1] == cfg["seeds"][0]:
             ax_a.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], ".-", label=f"{key[1]}: {key[2]}")
-    for ax, title in ((ax_m, "mixers (band: min-max over seeds)"), (ax_a, f"ablations (seed {cfg['seeds'][0]})")):
+    panels = [(ax_m, "mixers (band: min-max over seeds)")] + ([(ax_a, f"ablations (seed {cfg['seeds'][0]})")] if ablations else [])
+    for ax, title in panels:
         ax.set_xlabel("training step")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)

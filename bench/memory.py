@@ -52,7 +52,7 @@ from hyena_rtf.training import quiet_lightning
 from hyena_rtf.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule, score_recall
 
 from .report import Report, Table
-from .runfile import RunFile
+from .runfile import MetricCurve, RunFile
 from .timing import compare
 
 TITLE = "Memory tasks: copying accuracy vs state size, associative recall vs sequence length"
@@ -98,24 +98,12 @@ def recall_data(cfg: dict, length: int, seed: int) -> AssociativeRecallDataModul
                                        eval_size=cfg["eval_size"], batch_size=cfg["batch"], seed=seed)
 
 
-class _Curve(L.Callback):
-    """(step, val/acc) after every validation."""
-
-    def __init__(self):
-        self.points: list[tuple[int, float]] = []
-
-    def on_validation_end(self, trainer, pl_module):
-        acc = trainer.callback_metrics.get("val/acc")
-        if acc is not None:
-            self.points.append((trainer.global_step, float(acc)))
-
-
 def train_and_score(cfg: dict, data: RecallDataModule, model: dict, steps: int, seed: int, device: torch.device) -> dict:
     """Train one model for ``steps`` steps, then score the whole test split."""
     load = os.getloadavg()[0]
     L.seed_everything(seed, workers=True, verbose=False)
     module = HyenaLMModule(model=model, lr=cfg["lr"], filter_lr=cfg["lr"], weight_decay=0.0, warmup_steps=0.05)
-    curve = _Curve()
+    curve = MetricCurve("val/acc")
     trainer = L.Trainer(
         accelerator=device.type, devices=1, max_steps=steps, val_check_interval=max(steps // cfg["evals"], 1),
         check_val_every_n_epoch=None, limit_val_batches=cfg["val_batches"], num_sanity_val_steps=0,

@@ -69,7 +69,7 @@ from hyena_rtf.modeling.presets import PRESETS
 from hyena_rtf.training import quiet_lightning
 
 from .report import Report, Table, header
-from .runfile import RunFile
+from .runfile import MetricCurve, RunFile
 
 # The paper's comparison (RTF, implicit Hyena, attention) plus the diagonal SSM of the same state size.
 MIXERS = ("hyena_rtf", "hyena_s4d", "hyena", "attention")
@@ -115,18 +115,6 @@ def find_shared() -> Path:
     )
 
 
-class _Curve(L.Callback):
-    """Collects (step, val/loss) after every validation."""
-
-    def __init__(self):
-        self.points: list[tuple[int, float]] = []
-
-    def on_validation_end(self, trainer, pl_module):
-        loss = trainer.callback_metrics.get("val/loss")
-        if loss is not None:
-            self.points.append((trainer.global_step, float(loss)))
-
-
 def model_kwargs(cfg: dict, mixer: str, vocab: int, **overrides) -> dict:
     """HyenaRTFConfig arguments: the tiny preset resized to the mode's backbone."""
     return {
@@ -154,7 +142,7 @@ def train_and_score(cfg: dict, data: LMDataModule, model: dict, seed: int, devic
     L.seed_everything(seed, workers=True, verbose=False)
     data.hparams.seed = seed  # the data order follows the seed as well
     module = HyenaLMModule(model=model, **(optim or {}))
-    curve = _Curve()
+    curve = MetricCurve("val/loss")
     trainer = L.Trainer(
         accelerator=device.type, devices=1, max_steps=cfg["steps"], val_check_interval=cfg["eval_every"],
         check_val_every_n_epoch=None, limit_val_batches=cfg["val_batches"], num_sanity_val_steps=0,

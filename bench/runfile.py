@@ -4,7 +4,8 @@ A grid of training runs on a shared CPU takes an hour or more and may be stopped
 Each finished run is appended as one line ``{"key": ..., "result": ...}``; on restart the runs
 already in the file are returned instead of trained again. The key must name every setting that
 changes the result (sizes, steps, seed, model options), so a changed setting trains anew; delete
-the file to start over. Used by ``bench.memory`` and ``bench.quality``.
+the file to start over. Used by ``bench.memory`` and ``bench.quality``, whose runs also record
+their validation curve (``MetricCurve``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Callable
+
+import lightning as L
 
 
 class RunFile:
@@ -34,3 +37,16 @@ class RunFile:
                 f.write(json.dumps({"key": key, "result": result}) + "\n")
             self.done[key] = json.loads(json.dumps(result))  # what a restart reads back (tuples become lists)
         return self.done[key]
+
+
+class MetricCurve(L.Callback):
+    """Collects ``(global step, metric)`` after every validation: the curve a stored run keeps."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.points: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.metric)
+        if value is not None:
+            self.points.append((trainer.global_step, float(value)))

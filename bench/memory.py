@@ -52,7 +52,7 @@ from hyena_rtf.training import quiet_lightning
 from hyena_rtf.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule, score_recall
 
 from .report import Report, Table
-from .runfile import MetricCurve, RunFile
+from .runfile import MetricCurve, RunFile, bench_trainer
 from .timing import compare
 
 TITLE = "Memory tasks: copying accuracy vs state size, associative recall vs sequence length"
@@ -104,12 +104,7 @@ def train_and_score(cfg: dict, data: RecallDataModule, model: dict, steps: int, 
     L.seed_everything(seed, workers=True, verbose=False)
     module = HyenaLMModule(model=model, lr=cfg["lr"], filter_lr=cfg["lr"], weight_decay=0.0, warmup_steps=0.05)
     curve = MetricCurve("val/acc")
-    trainer = L.Trainer(
-        accelerator=device.type, devices=1, max_steps=steps, val_check_interval=max(steps // cfg["evals"], 1),
-        check_val_every_n_epoch=None, limit_val_batches=cfg["val_batches"], num_sanity_val_steps=0,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[curve],
-    )
+    trainer = bench_trainer(device, steps, max(steps // cfg["evals"], 1), cfg["val_batches"], [curve])
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     train_s = time.perf_counter() - start

@@ -69,7 +69,7 @@ from hyena_rtf.modeling.presets import PRESETS
 from hyena_rtf.training import quiet_lightning
 
 from .report import Report, Table, header
-from .runfile import MetricCurve, RunFile
+from .runfile import MetricCurve, RunFile, bench_trainer
 
 # The paper's comparison (RTF, implicit Hyena, attention) plus the diagonal SSM of the same state size.
 MIXERS = ("hyena_rtf", "hyena_s4d", "hyena", "attention")
@@ -143,12 +143,7 @@ def train_and_score(cfg: dict, data: LMDataModule, model: dict, seed: int, devic
     data.hparams.seed = seed  # the data order follows the seed as well
     module = HyenaLMModule(model=model, **(optim or {}))
     curve = MetricCurve("val/loss")
-    trainer = L.Trainer(
-        accelerator=device.type, devices=1, max_steps=cfg["steps"], val_check_interval=cfg["eval_every"],
-        check_val_every_n_epoch=None, limit_val_batches=cfg["val_batches"], num_sanity_val_steps=0,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[curve],
-    )
+    trainer = bench_trainer(device, cfg["steps"], cfg["eval_every"], cfg["val_batches"], [curve])
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     train_s = time.perf_counter() - start

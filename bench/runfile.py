@@ -50,3 +50,14 @@ class MetricCurve(L.Callback):
         value = trainer.callback_metrics.get(self.metric)
         if value is not None:
             self.points.append((trainer.global_step, float(value)))
+
+
+def bench_trainer(device, steps: int, val_every: int, val_batches: int, callbacks: list) -> L.Trainer:
+    """The Lightning trainer of one benchmark run: fixed steps, clipping 1.0, and no logger,
+    checkpoints, progress bar or summary (a grid trains dozens of these)."""
+    return L.Trainer(
+        accelerator=device.type, devices=1, max_steps=steps, val_check_interval=val_every,
+        check_val_every_n_epoch=None, limit_val_batches=val_batches, num_sanity_val_steps=0,
+        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=callbacks,
+    )

@@ -1,4 +1,4 @@
-"""Training callbacks: text samples at validation, RTF pole-radius monitor, token throughput."""
+"""Training callbacks: text samples at validation, pole-radius and filter-movement monitor, token throughput."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from .modeling.long_filter import LongFilter
 from .modeling.rtf import RTF
 
 __all__ = ["SampleGeneration", "StabilityMonitor", "TokenThroughputMonitor", "ParameterSummary"]
@@ -78,23 +79,46 @@ class SampleGeneration(L.Callback):
 
 
 class StabilityMonitor(L.Callback):
-    """Logs ``stability/max_pole_radius`` and ``stability/layer_<i>`` after each validation.
+    """After each validation: the largest RTF pole radius and how far the long filters have moved.
 
-    The radius is computed from the companion matrices (eigenvalues), so it is exact; with the
-    ``l1_montel`` constraint it stays below 1 by construction, without it the monitor is how a
-    user sees a filter drift towards instability.
+    Logs ``stability/max_pole_radius`` and ``stability/layer_<i>`` (RTF filters: radii from the
+    companion matrices' eigenvalues, so exact; only ``constraint="none"`` lets them reach 1, and
+    the monitor is how a user sees that) and ``filters/kernel_shift``: the relative distance of
+    every long filter's kernel (any filter class) from its kernel when training started,
+    ``||k - k_start|| / ||k_start||`` over all filters together, with ``filters/kernel_shift_layer_<i>``
+    per filter. A shift near 0 means the long filters are not learning.
     """
+
+    def __init__(self):
+        self._start: Optional[list[torch.Tensor]] = None
+
+    @staticmethod
+    def _kernels(pl_module: L.LightningModule) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [f.kernel().detach().double().cpu() for f in pl_module.modules() if isinstance(f, LongFilter)]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # On a resumed run this is the resumed kernel: the shift then counts from the resume.
+        self._start = self._kernels(pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        radii = {}
+        metrics = {}
         for i, rtf in enumerate(m for m in pl_module.modules() if isinstance(m, RTF)):
-            radii[f"stability/layer_{i}"] = rtf.poles().abs().max().item()
-        if radii:
-            radii["stability/max_pole_radius"] = max(radii.values())
+            metrics[f"stability/layer_{i}"] = rtf.poles().abs().max().item()
+        if metrics:
+            metrics["stability/max_pole_radius"] = max(metrics.values())
+        if self._start:
+            now = self._kernels(pl_module)
+            moved = [float((k - k0).norm()) for k, k0 in zip(now, self._start)]
+            sizes = [float(k0.norm()) for k0 in self._start]
+            for i, (d, n) in enumerate(zip(moved, sizes)):
+                metrics[f"filters/kernel_shift_layer_{i}"] = d / max(n, 1e-12)
+            metrics["filters/kernel_shift"] = sum(d * d for d in moved) ** 0.5 / max(sum(n * n for n in sizes) ** 0.5, 1e-12)
+        if metrics:
             write = getattr(pl_module, "log_at_step", None) or pl_module.log_dict
-            write(radii)
+            write(metrics)
 
 
 class TokenThroughputMonitor(ThroughputMonitor):

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from urllib.parse import urlparse
 
 from .errors import UserError
 
-__all__ = ["SPLITS", "CORPORA", "Corpus", "load_corpus", "read_text_file", "safe_pieces", "check_hub_reachable"]
+__all__ = ["SPLITS", "CORPORA", "Corpus", "load_corpus", "read_text_file", "safe_pieces", "check_hub_reachable",
+           "split_off_tail"]
 
 SPLITS = ("train", "validation", "test")
 CORPORA = ("shakespeare", "wikitext103", "wikitext2", "files")
@@ -91,21 +93,54 @@ def _shakespeare() -> Corpus:
     return Corpus("shakespeare", identity, reader)
 
 
-def _files(train_path, validation_path, test_path) -> Corpus:
+# A WikiText article starts with a level-1 heading line " = Title = ".
+_ARTICLE_START = re.compile(r"\n = [^=\n]")
+
+
+def split_off_tail(text: str, fraction: float) -> tuple[str, str]:
+    """(head, tail) of ``text`` with about ``fraction`` of its characters in the tail, cut where a
+    document starts: the first WikiText article heading after the cut point, else the first
+    blank line, else the first line break (so no line is split)."""
+    at = int(len(text) * (1.0 - fraction))
+    for pattern in (_ARTICLE_START, re.compile(r"\n\n"), re.compile(r"\n")):
+        m = pattern.search(text, at)
+        if m is not None:
+            cut = m.start() + 1
+            return text[:cut], text[cut:]
+    return text, ""
+
+
+def _files(train_path, validation_path, test_path, validation_fraction: Optional[float] = None) -> Corpus:
     paths = {"train": train_path, "validation": validation_path, "test": test_path}
     given = {s: Path(p) for s, p in paths.items() if p}
     if "train" not in given and "validation" not in given and "test" not in given:
         raise UserError("corpus=files needs data.train_path / data.validation_path / data.test_path")
+    if validation_fraction is not None:
+        if not (isinstance(validation_fraction, (int, float)) and 0.0 < validation_fraction < 1.0):
+            raise UserError(f"data.validation_fraction must be in (0, 1), got {validation_fraction!r}")
+        if "train" not in given or "validation" in given:
+            raise UserError(
+                "data.validation_fraction holds out the end of data.train_path as the validation split: "
+                "set data.train_path and leave data.validation_path null"
+            )
     for p in given.values():
         if not p.is_file():
             raise UserError(f"data file not found: {p}; check the path (relative paths start where you launch)")
 
     def reader(split: str) -> str:
+        if validation_fraction is not None and split in ("train", "validation"):
+            head, tail = split_off_tail(read_text_file(given["train"]), validation_fraction)
+            if not head.strip() or not tail.strip():
+                raise UserError(f"data.validation_fraction={validation_fraction} leaves an empty train or validation split")
+            return head if split == "train" else tail
         if split not in given:
             raise UserError(f"corpus=files has no {split} file; set data.{split}_path")
         return read_text_file(given[split])
 
-    return Corpus("files", {"corpus": "files", **{s: _file_identity(p) for s, p in given.items()}}, reader)
+    identity = {"corpus": "files", **{s: _file_identity(p) for s, p in given.items()}}
+    if validation_fraction is not None:
+        identity["validation_fraction"] = validation_fraction
+    return Corpus("files", identity, reader)
 
 
 def _wikitext(name: str, dataset_path: Optional[str], dataset_config: Optional[str], data_files) -> Corpus:
@@ -190,16 +225,20 @@ def load_corpus(
     dataset_path: Optional[str] = None,
     dataset_config: Optional[str] = None,
     data_files: Optional[dict] = None,
+    validation_fraction: Optional[float] = None,
 ) -> Corpus:
     """The corpus ``name`` (one of :data:`CORPORA`).
 
     ``wikitext103``/``wikitext2`` go through ``datasets.load_dataset``; ``dataset_path`` and
     ``data_files`` point the same code at a local dataset (json, parquet, text) when offline.
+    ``validation_fraction`` (``files`` only) holds out the end of the train file as validation.
     """
+    if validation_fraction is not None and name != "files":
+        raise UserError(f"data.validation_fraction applies to data=files only, not corpus={name}")
     if name == "shakespeare":
         return _shakespeare()
     if name == "files":
-        return _files(train_path, validation_path, test_path)
+        return _files(train_path, validation_path, test_path, validation_fraction)
     if name in _WIKITEXT_CONFIGS:
         return _wikitext(name, dataset_path, dataset_config, data_files)
     raise UserError(f"unknown corpus {name!r}; choose one of {CORPORA}")

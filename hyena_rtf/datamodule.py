@@ -74,6 +74,9 @@ class LMDataModule(L.LightningDataModule):
     Args:
         corpus: ``shakespeare`` (offline default), ``wikitext103``, ``wikitext2`` or ``files``.
         train_path, validation_path, test_path: text files for ``corpus=files``.
+        validation_fraction: ``corpus=files`` without a validation file: hold out about this
+            fraction of the train file (its end, cut where a document starts) as the validation
+            split, so validation never touches the test file.
         dataset_path, dataset_config, data_files: ``datasets.load_dataset`` arguments for the
             WikiText corpora (e.g. a local json/parquet dataset when the hub is unreachable).
         tokenizer: ``bpe`` (byte-level BPE trained on the train split) or ``gpt2``.
@@ -97,6 +100,7 @@ class LMDataModule(L.LightningDataModule):
         train_path: Optional[str] = None,
         validation_path: Optional[str] = None,
         test_path: Optional[str] = None,
+        validation_fraction: Optional[float] = None,
         dataset_path: Optional[str] = None,
         dataset_config: Optional[str] = None,
         data_files: Optional[dict] = None,
@@ -151,14 +155,16 @@ class LMDataModule(L.LightningDataModule):
             hp = self.hparams
             files = dict(hp.data_files) if hp.data_files is not None else None
             self._corpus = load_corpus(
-                hp.corpus, hp.train_path, hp.validation_path, hp.test_path, hp.dataset_path, hp.dataset_config, files
+                hp.corpus, hp.train_path, hp.validation_path, hp.test_path, hp.dataset_path, hp.dataset_config, files,
+                hp.get("validation_fraction"),
             )
         return self._corpus
 
     def available_splits(self) -> tuple[str, ...]:
         hp = self.hparams
         if hp.corpus == "files":
-            return tuple(s for s in SPLITS if getattr(hp, f"{s}_path"))
+            held_out = hp.get("validation_fraction") is not None and bool(hp.train_path)
+            return tuple(s for s in SPLITS if getattr(hp, f"{s}_path") or (s == "validation" and held_out))
         return SPLITS
 
     @property

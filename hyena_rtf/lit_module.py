@@ -30,6 +30,8 @@ class HyenaLMModule(L.LightningModule):
         betas: AdamW betas.
         filter_lr: peak learning rate of the long-filter (RTF / implicit) parameters.
         filter_weight_decay: weight decay of the long-filter parameters.
+        filter_pole_lr: peak learning rate of the filters' pole parameters (RTF denominators, S4D
+            step sizes and A); None: ``filter_lr``, like the rest of the filters.
         decay_norm_and_bias: apply weight decay to norms, biases and embeddings too (the paper does).
         warmup_steps: linear warm-up steps; a value in (0, 1) is a fraction of the total steps.
         min_lr_rate: the cosine schedule ends at ``min_lr_rate`` times each group's peak lr.
@@ -46,6 +48,7 @@ class HyenaLMModule(L.LightningModule):
         betas: Sequence[float] = (0.9, 0.999),
         filter_lr: float = 1e-3,
         filter_weight_decay: float = 0.0,
+        filter_pole_lr: Optional[float] = None,
         decay_norm_and_bias: bool = True,
         warmup_steps: float = 0.01,
         min_lr_rate: float = 0.1,
@@ -55,8 +58,11 @@ class HyenaLMModule(L.LightningModule):
         super().__init__()
         if nonfinite not in ("skip", "stop"):
             raise ValueError(f"nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
-        if lr <= 0 or filter_lr < 0:
-            raise ValueError(f"lr must be > 0 and filter_lr >= 0, got lr={lr}, filter_lr={filter_lr}")
+        if lr <= 0 or filter_lr < 0 or (filter_pole_lr is not None and filter_pole_lr < 0):
+            raise ValueError(
+                f"lr must be > 0 and filter_lr, filter_pole_lr >= 0, got lr={lr}, filter_lr={filter_lr}, "
+                f"filter_pole_lr={filter_pole_lr}"
+            )
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.save_hyperparameters()
@@ -202,6 +208,7 @@ class HyenaLMModule(L.LightningModule):
             filter_lr=hp.filter_lr,
             filter_weight_decay=hp.filter_weight_decay,
             decay_norm_and_bias=hp.decay_norm_and_bias,
+            filter_pole_lr=hp.get("filter_pole_lr"),
         )
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)

@@ -83,7 +83,7 @@ def check_config(cfg: DictConfig) -> None:
 
 # Data options that decide the tokens and hence the model's vocabulary and context; the others
 # (batch sizes, workers, cache location) may change between a run and its resumption.
-_DATA_IDENTITY = ("corpus", "tokenizer", "vocab_size", "train_path", "dataset_path", "dataset_config", "data_files",
+_DATA_IDENTITY = ("corpus", "tokenizer", "vocab_size", "train_path", "validation_fraction", "dataset_path", "dataset_config", "data_files",
                   "add_eos", "seq_len")
 
 

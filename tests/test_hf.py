@@ -80,7 +80,7 @@ def test_export_ships_every_modeling_file(tmp_path):
     files = sorted(os.listdir(tmp_path / "e"))
     code = {
         "attention.py", "blocks.py", "cache.py", "configuration_hyena_rtf.py", "fftconv.py",
-        "filters.py", "hyena.py", "implicit_filter.py", "long_filter.py", "modeling_hyena_rtf.py", "rtf.py",
+        "filters.py", "hyena.py", "implicit_filter.py", "long_filter.py", "modeling_hyena_rtf.py", "reflection.py", "rtf.py",
         "s4d.py",
     }
     assert set(files) == code | {"config.json", "generation_config.json", "model.safetensors"}

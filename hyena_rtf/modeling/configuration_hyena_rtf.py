@@ -57,7 +57,12 @@ class HyenaRTFConfig(PreTrainedConfig):
             state size of each S4D channel (``hyena_s4d``; even: N/2 complex conjugate pairs).
         rtf_num_a: number of distinct RTF denominators per filter bank (None: one per channel).
         rtf_init: ``"xavier"`` | ``"montel"`` | ``"zeros"``.
-        rtf_constraint: ``"l1_montel"`` (poles strictly inside the unit circle) | ``"none"``.
+        rtf_constraint: ``"reflection"`` (reflection coefficients: poles strictly inside the unit
+            circle for any parameters, every stable filter reachable) | ``"l1_montel"`` (sum|a| < 1:
+            stable, a subset of the stable filters) | ``"none"``.
+        rtf_h0_init: ``"one"`` | ``"normal"`` | None (the init's own: one for zeros, else normal).
+        rtf_decay: None or ``[fast, slow]``: start every denominator as one real pole with the
+            implicit filter's graded time scales (fractions of max_position_embeddings).
         filter_dropout: dropout on the long-filter kernel taps.
         implicit_filter_order, implicit_emb_dim: MLP width and positional-encoding size of the
             implicit filter (``hyena``).
@@ -85,6 +90,8 @@ class HyenaRTFConfig(PreTrainedConfig):
     rtf_num_a: int | None = None
     rtf_init: str = "xavier"
     rtf_constraint: str = "l1_montel"
+    rtf_h0_init: str | None = None
+    rtf_decay: list[float] | None = None
     filter_dropout: float = 0.0
     implicit_filter_order: int = 64
     implicit_emb_dim: int = 3

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .filters import filter_class
-from .long_filter import LongFilter
+from .long_filter import LongFilter, build_filter
 
 __all__ = ["HyenaOperator", "HyenaState"]
 
@@ -89,8 +89,10 @@ class HyenaOperator(nn.Module):
         # Padding is applied by hand (left only) so that prefill can prepend a saved window.
         self.short_filter = nn.Conv1d(channels, channels, short_filter_order, groups=channels, **factory)
         kwargs = {**filter_cls.default_kwargs(l_max), **(filter_kwargs or {})}
+        # Each filter draws from its own seeded generator (build_filter): the projections and the
+        # output head built around it get the same weights whatever the filter is.
         self.filters = nn.ModuleList(
-            [filter_cls(d_model, l_max=l_max, device=device, dtype=dtype, **kwargs) for _ in range(order - 1)]
+            [build_filter(filter_cls, d_model, l_max=l_max, device=device, dtype=dtype, **kwargs) for _ in range(order - 1)]
         )
         self.dropout = nn.Dropout(dropout)
         if output_rank is None:

@@ -48,6 +48,8 @@ class ImplicitFilter(LongFilter):
         shift: constant added to the decay window.
         normalized: divide each kernel by its L1 norm.
         dropout: dropout on the kernel taps during training.
+        init_std: std of the normal initialisation of the MLP's weights (biases start at zero):
+            GPT-2's 0.02, which is what safari's LM init gives these layers.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ImplicitFilter(LongFilter):
         shift: float = 0.0,
         normalized: bool = False,
         dropout: float = 0.0,
+        init_std: float = 0.02,
         device=None,
         dtype=None,
     ):
@@ -73,6 +76,7 @@ class ImplicitFilter(LongFilter):
         if l_max < 1 or d_model < 1 or filter_order < 1:
             raise ValueError("d_model, l_max and filter_order must be >= 1")
         self.d_model, self.l_max, self.normalized, self.shift = d_model, l_max, normalized, shift
+        self.w, self.init_std = w, init_std
         self.fast_decay_pct, self.slow_decay_pct, self.target = fast_decay_pct, slow_decay_pct, target
         factory = {"device": device, "dtype": dtype}
         # Positional encoding: normalised time plus complex exponentials of a few frequencies.
@@ -89,8 +93,22 @@ class ImplicitFilter(LongFilter):
         layers.append(nn.Linear(filter_order, d_model, bias=False, **factory))
         self.mlp = nn.Sequential(*layers)
         self.register_buffer("deltas", self._deltas(**factory))
-        self.bias = nn.Parameter(torch.randn(d_model, **factory))  # skip term, lives on tap 0
+        self.bias = nn.Parameter(torch.empty(d_model, **factory))  # skip term, lives on tap 0
         self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MLP weights N(0, init_std) and zero biases, sine frequencies ``w``, skip term N(0, 1).
+        The positional encoding is left as built (a deterministic function of l_max)."""
+        with torch.no_grad():
+            for layer in self.mlp:
+                if isinstance(layer, nn.Linear):
+                    layer.weight.normal_(0.0, self.init_std)
+                    if layer.bias is not None:
+                        layer.bias.zero_()
+                elif isinstance(layer, _Sin):
+                    layer.freq.fill_(self.w)
+            self.bias.normal_()
 
     def _deltas(self, device=None, dtype=None) -> Tensor:
         """Decay rates (d_model,): the window reaches ``target`` between the fast and slow horizons."""
@@ -111,7 +129,7 @@ class ImplicitFilter(LongFilter):
     @classmethod
     def config_kwargs(cls, config: Any) -> dict:
         return dict(emb_dim=config.implicit_emb_dim, filter_order=config.implicit_filter_order,
-                    dropout=config.filter_dropout)
+                    dropout=config.filter_dropout, init_std=config.initializer_range)
 
     @classmethod
     def check_config(cls, config: Any) -> None:

@@ -27,9 +27,32 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["LongFilter", "ConfigCheck"]
+__all__ = ["LongFilter", "ConfigCheck", "build_filter"]
+
+
+def build_filter(cls: type["LongFilter"], *args, **kwargs) -> "LongFilter":
+    """``cls(*args, **kwargs)`` drawing its random numbers from a generator of its own.
+
+    Exactly one number is taken from the global generator (the filter's seed), whatever the
+    filter class and options draw, so every weight built after a filter gets the same values for
+    the same global seed: two models that differ only in their long filters start from identical
+    embeddings, projections and MLPs (paired comparisons). The seed is kept as ``init_seed``.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        module = cls(*args, **kwargs)
+    module.init_seed = seed
+    for part in module.modules():
+        if part is not module:
+            part._long_filter_part = True  # the model's weight init leaves these layers alone
+    return module
 
 
 class ConfigCheck:
@@ -107,6 +130,15 @@ class LongFilter(nn.Module):
 
     def init_buffers(self) -> None:
         """Recompute non-persistent buffers (``from_pretrained`` leaves them uninitialised)."""
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter of the filter afresh (its own initialisation), in place."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement reset_parameters")
+
+    def pole_parameters(self) -> list[nn.Parameter]:
+        """The parameters that place the filter's poles (an optimizer may treat them apart);
+        empty for filters without explicit poles."""
+        return []
 
     # ------------------------------------------------------------------ config seam
     @classmethod

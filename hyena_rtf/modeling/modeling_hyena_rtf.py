@@ -4,9 +4,11 @@ Backbone (identical for every mixer): token embedding [+ learned positions for a
 with ``position_embedding_type="learned"``] -> embedding dropout -> blocks of
 (LN -> mixer -> residual, LN -> MLP -> residual) -> final LN -> LM head tied to the embedding.
 GPT-2 init: every Linear and Embedding N(0, initializer_range), biases zero, residual output
-projections (``out_proj``, ``fc2``) scaled by 1/sqrt(2 * num_hidden_layers). That includes the
-Linear layers of the implicit filter's MLP, as in safari; RTF coefficients and the short
-convolution keep their own initialisation.
+projections (``out_proj``, ``fc2``) scaled by 1/sqrt(2 * num_hidden_layers). The long filters
+initialise themselves (the implicit filter's MLP also N(0, initializer_range), as in safari), from
+a generator of their own (``long_filter.build_filter``), and the short convolution keeps its own
+initialisation: for one seed, models that differ only in their long filters share every other
+initial weight.
 
 Vocabulary: the embedding has ``padded_vocab_size`` rows (a multiple of 8) but logits are
 computed against the first ``vocab_size`` rows only, so padded entries are never scored, never
@@ -137,6 +139,8 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
+        if getattr(module, "_long_filter_part", False):
+            return  # a layer inside a long filter: the filter initialised it (build_filter)
         if isinstance(module, nn.Linear):
             if getattr(module, "_is_residual_projection", False):
                 std = std / math.sqrt(2 * self.config.num_hidden_layers)
@@ -151,6 +155,8 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, LongFilter):
+            # The filter's parameters were drawn when it was built, from its own generator
+            # (build_filter), so that the weights around it do not depend on which filter it is.
             # Buffers derived from constructor arguments (the implicit filter's time grid and decay
             # rates) are left uninitialised by from_pretrained; the filter recomputes them.
             module.init_buffers()
@@ -161,6 +167,7 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
         filter_lr: Optional[float] = None,
         filter_weight_decay: float = 0.0,
         decay_norm_and_bias: bool = True,
+        filter_pole_lr: Optional[float] = None,
     ) -> list[dict]:
         """Optimizer parameter groups (dicts for ``torch.optim``), empty groups left out.
 
@@ -168,19 +175,24 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
           RTF coefficients, feed-through and montel scale; S4D step sizes, A, C and D; implicit
           positional encoding and MLP) with ``filter_lr`` (None: the optimizer's lr) and
           ``filter_weight_decay`` (S4 practice: lower lr and no decay for the SSM parameters).
+        - ``"filter_poles"``: when ``filter_pole_lr`` is given, the filters' pole parameters
+          (``LongFilter.pole_parameters``: RTF denominators, S4D step sizes and A) leave the
+          filter group for one of their own with that lr (same weight decay).
         - ``"decay"``: the other parameters with ``weight_decay``; with
           ``decay_norm_and_bias=True`` (the paper: decay every non-filter parameter) that is all of
           them, otherwise only tensors with >= 2 dimensions (matrices, embeddings, convolutions).
         - ``"no_decay"``: biases and norm weights when ``decay_norm_and_bias=False``.
         """
-        filter_params = {
-            id(p) for m in self.modules() if isinstance(m, LongFilter) for p in m.parameters()
-        }
-        groups = {"filter": [], "decay": [], "no_decay": []}
+        filters = [m for m in self.modules() if isinstance(m, LongFilter)]
+        filter_params = {id(p) for m in filters for p in m.parameters()}
+        pole_params = {id(p) for m in filters for p in m.pole_parameters()} if filter_pole_lr is not None else set()
+        groups = {"filter": [], "filter_poles": [], "decay": [], "no_decay": []}
         for p in self.parameters():  # shared (tied) parameters are yielded once
             if not p.requires_grad:
                 continue
-            if id(p) in filter_params:
+            if id(p) in pole_params:
+                groups["filter_poles"].append(p)
+            elif id(p) in filter_params:
                 groups["filter"].append(p)
             elif decay_norm_and_bias or p.dim() >= 2:
                 groups["decay"].append(p)
@@ -188,6 +200,7 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
                 groups["no_decay"].append(p)
         settings = {
             "filter": {"weight_decay": filter_weight_decay, **({} if filter_lr is None else {"lr": filter_lr})},
+            "filter_poles": {"weight_decay": filter_weight_decay, "lr": filter_pole_lr},
             "decay": {"weight_decay": weight_decay},
             "no_decay": {"weight_decay": 0.0},
         }

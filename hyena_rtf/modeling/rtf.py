@@ -32,11 +32,26 @@ from torch import Tensor, nn
 
 from .fftconv import fft_conv, fft_size, polymul
 from .long_filter import ConfigCheck, LongFilter
+from .reflection import denominator_to_reflection, reflection_to_denominator
 
-__all__ = ["RTF", "inverse_impulse_response"]
+__all__ = ["RTF", "inverse_impulse_response", "graded_decay_radii"]
 
 _INITS = ("zeros", "xavier", "montel")
-_CONSTRAINTS = ("l1_montel", "none")
+_CONSTRAINTS = ("reflection", "l1_montel", "none")
+_H0_INITS = ("one", "normal")
+# The l1_montel scale parameter is initialised U(0, 1) (the reference code); see reset_parameters.
+_MONTEL_EPS = 1e-6
+
+
+def graded_decay_radii(n: int, l_max: int, fast: float, slow: float, target: float = 1e-2) -> Tensor:
+    """Pole radii (n,) whose impulse responses r^t fall to ``target`` between ``fast * l_max`` and
+    ``slow * l_max`` taps: decay rates spaced linearly across the n rows, the rule of the implicit
+    Hyena filter's exponential window (``ImplicitFilter``), so the two filters start with the same
+    time scales."""
+    if not 0 < fast <= slow:
+        raise ValueError(f"need 0 < fast <= slow for the decay horizons, got fast={fast}, slow={slow}")
+    rates = torch.linspace(-math.log(target) / fast, -math.log(target) / slow, n, dtype=torch.float64)
+    return torch.exp(-rates / l_max)  # per-tap factor: r^(t) = exp(-rate * t / l_max)
 
 
 def inverse_impulse_response(den: Tensor, n: int) -> Tensor:
@@ -115,10 +130,21 @@ class RTF(LongFilter):
         state_size: filter order N (numerator and denominator degree); must be < ``l_max``.
         l_max: kernel length of parallel mode, i.e. the longest input ``forward`` accepts.
         num_a: number of distinct denominators; must divide ``d_model`` (default: one per channel).
-        init: ``"zeros"`` (H(z) = 1, the identity), ``"xavier"`` (a, b ~ U(+-1/sqrt(N)), h0 ~ N(0,1))
-            or ``"montel"`` (a, b ~ U(+-1/N), h0 ~ N(0,1)).
-        constraint: ``"l1_montel"`` rescales ``a`` so that sum|a| < 1, which keeps every pole strictly
-            inside the unit circle and bounds the spectral division; ``"none"`` leaves ``a`` free.
+        init: ``"zeros"`` (a = b = 0 and h0 = 1: H(z) = 1, the identity), ``"xavier"`` (a, b ~
+            U(+-1/sqrt(N)), h0 ~ N(0,1)) or ``"montel"`` (a, b ~ U(+-1/N), h0 ~ N(0,1)). The draws are
+            of the trained (raw) parameters, so the denominator they give depends on ``constraint``.
+        constraint: how the raw denominator parameters become ``a``. ``"reflection"``: they are
+            reflection coefficients through tanh, mapped to ``a`` by the step-up recursion
+            (:mod:`.reflection`): every pole strictly inside the unit circle for any parameter
+            values, and every stable denominator reachable. ``"l1_montel"`` rescales ``a`` so that
+            sum|a| < 1 (stable, but only a subset of the stable filters); ``"none"`` leaves ``a``
+            free (poles may leave the unit circle).
+        h0_init: ``"one"`` or ``"normal"`` (N(0, 1)) for the feed-through; None: the init's own
+            (one for zeros, normal otherwise).
+        decay: None, or ``(fast, slow)`` horizons as fractions of ``l_max``: every denominator
+            starts as one real pole whose response decays to 1e-2 between ``fast * l_max`` taps
+            (first row) and ``slow * l_max`` taps (last row), the time scales of the implicit Hyena
+            filter's window (:func:`graded_decay_radii`); the numerator follows ``init``.
         bidirectional: add an anti-causal filter bank (non-causal tasks; no recurrent mode).
         dropout: dropout on the kernel taps during training.
     """
@@ -131,6 +157,8 @@ class RTF(LongFilter):
         num_a: Optional[int] = None,
         init: str = "xavier",
         constraint: Optional[str] = "l1_montel",
+        h0_init: Optional[str] = None,
+        decay: Optional[tuple[float, float]] = None,
         bidirectional: bool = False,
         dropout: float = 0.0,
         device=None,
@@ -154,10 +182,18 @@ class RTF(LongFilter):
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         if constraint not in _CONSTRAINTS:
             raise ValueError(f"constraint must be one of {_CONSTRAINTS} or None, got {constraint!r}")
+        if h0_init is not None and h0_init not in _H0_INITS:
+            raise ValueError(f"h0_init must be one of {_H0_INITS} or None, got {h0_init!r}")
+        if decay is not None:
+            decay = tuple(float(x) for x in decay)
+            if len(decay) != 2 or not 0 < decay[0] <= decay[1]:
+                raise ValueError(f"decay must be None or (fast, slow) with 0 < fast <= slow, got {decay!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.d_model, self.state_size, self.l_max, self.num_a = d_model, state_size, l_max, num_a
         self.init, self.constraint, self.bidirectional = init, constraint, bidirectional
+        self.h0_init = h0_init if h0_init is not None else ("one" if init == "zeros" else "normal")
+        self.decay = decay
         ndir = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         # Rows [causal | anti-causal] when bidirectional.
@@ -173,19 +209,40 @@ class RTF(LongFilter):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Draw parameters according to ``init`` (in place)."""
+        """Draw parameters according to ``init``, ``h0_init`` and ``decay`` (in place).
+
+        The same random numbers are drawn whatever the options (every tensor is drawn, then
+        replaced where an option fixes it), so two filters that differ only in an option see the
+        same draws for the parameters they share."""
         with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.state_size) if self.init == "xavier" else 1.0 / self.state_size
+            self.a_raw.uniform_(-bound, bound)
+            self.b.uniform_(-bound, bound)
+            h0 = torch.randn_like(self.h0)
+            scale = torch.rand_like(self.montel_scale) if self.montel_scale is not None else None
             if self.init == "zeros":
                 self.a_raw.zero_()
                 self.b.zero_()
-                self.h0.fill_(1.0)
-            else:
-                bound = 1.0 / math.sqrt(self.state_size) if self.init == "xavier" else 1.0 / self.state_size
-                self.a_raw.uniform_(-bound, bound)
-                self.b.uniform_(-bound, bound)
-                self.h0.normal_()
-            if self.montel_scale is not None:
-                self.montel_scale.uniform_(0.0, 1.0)
+            self.h0.copy_(h0 if self.h0_init == "normal" else torch.ones_like(h0))
+            if scale is not None:
+                self.montel_scale.copy_(scale)
+            if self.decay is not None:
+                self._set_graded_poles()
+
+    def _set_graded_poles(self) -> None:
+        """One real pole per denominator at the radii of :func:`graded_decay_radii`, the other
+        reflection coefficients (or coefficients) zero, whatever the constraint."""
+        rows = self.a_raw.shape[0]
+        per_dir = torch.cat([graded_decay_radii(self.num_a, self.l_max, *self.decay)] * (rows // self.num_a))
+        r = per_dir.to(self.a_raw)  # (rows,)
+        self.a_raw.zero_()
+        if self.constraint == "reflection":
+            self.a_raw[:, 0] = -torch.atanh(r)  # k_1 = -r: A(z) = 1 - r z^-1
+        elif self.constraint == "none":
+            self.a_raw[:, 0] = -r
+        else:  # l1_montel: a_1 = -1 / (1 + |s| + eps) = -r
+            self.a_raw[:, 0] = -1.0
+            self.montel_scale.copy_(1.0 / r - 1.0 - _MONTEL_EPS)
 
     @property
     def has_recurrence(self) -> bool:
@@ -203,8 +260,14 @@ class RTF(LongFilter):
             num_a=config.rtf_num_a,
             init=config.rtf_init,
             constraint=config.rtf_constraint,
+            h0_init=config.rtf_h0_init,
+            decay=config.rtf_decay,
             dropout=config.filter_dropout,
         )
+
+    def pole_parameters(self) -> list[nn.Parameter]:
+        """The parameters that set the poles (denominator and, with l1_montel, its scale)."""
+        return [p for p in (self.a_raw, self.montel_scale) if p is not None]
 
     @classmethod
     def check_config(cls, config: Any) -> None:
@@ -218,20 +281,30 @@ class RTF(LongFilter):
                 check.fail("rtf_num_a", f"must be None or a divisor of hidden_size={config.hidden_size}")
         check.need_choice("rtf_init", _INITS)
         check.need_choice("rtf_constraint", _CONSTRAINTS)
+        if config.rtf_h0_init is not None:
+            check.need_choice("rtf_h0_init", _H0_INITS)
+        decay = config.rtf_decay
+        if decay is not None:
+            ok = isinstance(decay, (list, tuple)) and len(decay) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in decay)
+            if not ok or not 0 < decay[0] <= decay[1]:
+                check.fail("rtf_decay", "must be null or [fast, slow] with 0 < fast <= slow (fractions of max_position_embeddings)")
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, state_size={self.state_size}, l_max={self.l_max}, "
             f"num_a={self.num_a}, init={self.init!r}, constraint={self.constraint!r}, "
-            f"bidirectional={self.bidirectional}"
+            f"h0_init={self.h0_init!r}, decay={self.decay}, bidirectional={self.bidirectional}"
         )
 
     # ------------------------------------------------------------------ parameters -> filters
     def denominator(self) -> Tensor:
         """Constrained denominator coefficients a_1..a_N, shape (ndir * num_a, N)."""
         a = self.a_raw
+        if self.constraint == "reflection":
+            return reflection_to_denominator(torch.tanh(a))  # (ndir*num_a, N), |poles| < 1
         if self.constraint == "l1_montel":
-            scale = a.abs().sum(-1, keepdim=True) + self.montel_scale.abs().unsqueeze(-1) + 1e-6
+            scale = a.abs().sum(-1, keepdim=True) + self.montel_scale.abs().unsqueeze(-1) + _MONTEL_EPS
             a = a / scale  # (ndir*num_a, N), sum|a| < 1
         return a
 
@@ -410,8 +483,10 @@ class RTF(LongFilter):
         ``num`` is (d_model, n+1); ``den`` is (d_model, m+1) or (num_a, m+1) with num_a dividing
         d_model (shared denominators). Polynomials are in z^-1; ``den[:, 0]`` must be non-zero.
         The result's kernel is the first l_max taps of the impulse response and its recurrent mode
-        is the given system for any length. Uses init="zeros", constraint="none" unless overridden
-        (the constraint cannot represent arbitrary stable denominators). Parameters are fp64 unless
+        is the given system for any length. Uses init="zeros", constraint="none" unless overridden;
+        ``constraint="reflection"`` takes strictly stable denominators only (their reflection
+        coefficients through atanh; an unstable one raises ValueError), and ``"l1_montel"``
+        cannot represent arbitrary stable denominators and is refused. Parameters are fp64 unless
         ``dtype`` is given; convert with ``.float()`` for training.
         """
         num = torch.as_tensor(num, dtype=torch.float64)
@@ -445,11 +520,17 @@ class RTF(LongFilter):
         # fp64 by default: the coefficients of sharp designs do not survive a round to fp32.
         kwargs = {"init": "zeros", "constraint": "none", "dtype": torch.float64, **kwargs}
         rtf = cls(d_model, N, l_max, num_a=num_a, **kwargs)
-        if rtf.constraint != "none":
-            raise ValueError("from_transfer_function needs constraint='none' to represent arbitrary denominators")
+        if rtf.constraint == "l1_montel":
+            raise ValueError(
+                "from_transfer_function needs constraint='none' or 'reflection': l1_montel cannot represent "
+                "arbitrary stable denominators"
+            )
+        a_raw = den[:, 1:]
+        if rtf.constraint == "reflection":
+            a_raw = torch.atanh(denominator_to_reflection(a_raw))  # raises unless strictly stable
         with torch.no_grad():
-            den, b_tilde, h0, h = (t.to(rtf.b.dtype) for t in (den, b_tilde, h0, h))
-            rtf.a_raw.copy_(den[:, 1:])
+            den, b_tilde, h0, h, a_raw = (t.to(rtf.b.dtype) for t in (den, b_tilde, h0, h, a_raw))
+            rtf.a_raw.copy_(a_raw)
             rtf.b.copy_(b_tilde)
             rtf.h0.copy_(h0 - h[:, l_max])  # tap 0 receives the alias h_L; compensate
         return rtf

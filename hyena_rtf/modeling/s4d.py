@@ -203,6 +203,10 @@ class S4D(LongFilter):
             self.c.normal_(0.0, math.sqrt(0.5))
             self.skip.normal_()
 
+    def pole_parameters(self) -> list[nn.Parameter]:
+        """Step sizes and A: the poles are exp(dt * A)."""
+        return [self.log_dt, self.log_neg_a_real, self.a_imag]
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, state_size={self.state_size}, l_max={self.l_max}"
 

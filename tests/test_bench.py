@@ -215,76 +215,44 @@ def _fake_wikitext(root):
 
 
 @pytest.mark.slow
-def test_quality_smoke_mode_tables(tmp_path, monkeypatch):
+def test_quality_screen_runs_train_and_evaluate_and_resumes(tmp_path, monkeypatch):
+    """The screen study through the real CLIs (smoke sizes): one run per variant plus the implicit
+    reference, numbers read back from each run's own metrics and evaluate.py's JSON; a second call
+    trains nothing."""
     from bench import quality
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
-    report = quality.run("smoke", torch.device("cpu"), tmp_path)
-    vocab = quality.SIZES["smoke"]["vocab"]
-
-    mixers = report.table("1. Test perplexity by mixer (2 seeds each: mean ± std)")
-    assert mixers.column("mixer") == ["hyena_rtf", "hyena_s4d", "hyena", "attention"]
-    # hyena_s4d at state size 64 has exactly RTF's parameter count (130 filter parameters per channel each).
-    assert mixers.column("params")[0] == mixers.column("params")[1]
-    for col in ("token ppl", "token ppl std", "word ppl", "word ppl std", "train s per run"):
-        assert all(v is not None and math.isfinite(v) and v >= 0 for v in mixers.column(col)), col
-    # A few steps barely move a model from uniform over the vocabulary, and never above it by much.
-    assert all(1 < p < 2 * vocab for p in mixers.column("token ppl"))
-    # Fewer words than tokens: the same total NLL spread over fewer units.
-    assert all(w > t for w, t in zip(mixers.column("word ppl"), mixers.column("token ppl")))
-
-    ablation = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("2."))
-    assert [(i, c) for i, c in zip(ablation.column("init"), ablation.column("constraint"))] == [
-        (i, c) for i in quality.INITS for c in quality.CONSTRAINTS
-    ]
-    assert all(math.isfinite(v) and v > 1 for v in ablation.column("token ppl"))
-    states = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("3."))
-    assert states.column("state size") == [4, 16, 64, 256]
-    assert all(math.isfinite(v) and v > 1 for v in states.column("token ppl"))
-    # The shared cell (xavier, l1_montel, N=64, seed 0) is the same run in tables 2 and 3.
-    shared = ablation.column("token ppl")[[(i, c) for i in quality.INITS for c in quality.CONSTRAINTS].index(("xavier", "l1_montel"))]
-    assert states.column("token ppl")[2] == shared
-    assert (tmp_path / "quality_curves.png").stat().st_size > 1000
-
-
-@pytest.mark.slow
-def test_quality_filter_group_table_and_resume(tmp_path, monkeypatch):
-    """Table 4 alone through the CLI; a second call trains nothing; other steps train anew."""
-    from bench import quality
-
-    monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
+    monkeypatch.setattr(quality, "SCREEN_VARIANTS", ("paper: xavier + l1_montel", "filters frozen (filter lr 0)"))
     out = tmp_path / "out"
-    assert quality.main(["--smoke", "--tables", "4", "--seeds", "0", "--out", str(out)]) == 0
-    text = (out / "quality.md").read_text()
-    assert "4. Long-filter optimizer group" in text and "1. Test perplexity" not in text and "2. RTF init" not in text
+    runner = quality.Runner(out, quality.SMOKE, jobs=2, threads=1)
+    report, results = quality.run_studies(runner, ("screen",))
+    table = report.parts[0]
+    assert table.column("variant") == ["paper: xavier + l1_montel", "filters frozen (filter lr 0)", "implicit hyena (reference)"]
+    for run, r in results.items():
+        assert Path(r["run_dir"], "checkpoints", "last.ckpt").is_file()
+        evaluated = json.loads(Path(r["run_dir"], "eval_test.json").read_text())
+        assert r["test_ppl"] == evaluated["token_ppl"] and evaluated["context"] == 32
+        assert [s for s, _ in r["val_curve"]] == [2, 4]
+        assert math.exp(r["val_loss"]) == pytest.approx(table.column("val ppl")[list(results).index(run)])
+    # Frozen filters do not move; trained ones do.
+    shifts = table.column("kernel shift")
+    assert shifts[1] == 0.0 and shifts[0] > 0 and shifts[2] > 0
+    assert table.column("max pole radius")[2] is None  # the implicit filter has no poles
     lines = (out / "quality_runs.jsonl").read_text().splitlines()
-    assert len(lines) == len(quality.OPTIM_MIXERS) * len(quality.OPTIM)  # one seed
-    report = quality.run("smoke", torch.device("cpu"), out, tables=(4,), seeds=(0,))
-    assert len((out / "quality_runs.jsonl").read_text().splitlines()) == len(lines)
-    table = report.parts[1]
-    assert table.column("mixer") == [m for m in quality.OPTIM_MIXERS for _ in quality.OPTIM]
-    assert table.column("filter group") == list(quality.OPTIM) * len(quality.OPTIM_MIXERS)
-    ppl = table.column("token ppl")
-    assert all(math.isfinite(p) and p > 1 for p in ppl)
-    # Decaying or slowing the filters changes training: each variant differs from its default row.
-    for i in range(0, len(ppl), len(quality.OPTIM)):
-        assert ppl[i] not in ppl[i + 1: i + len(quality.OPTIM)]
-    # The stored results are the ones reported (read back from the file, not recomputed).
-    stored = [json.loads(line)["result"]["token_ppl"] for line in lines]
-    assert sorted(stored) == sorted(ppl)
-    quality.run("smoke", torch.device("cpu"), out, tables=(4,), seeds=(0,), steps=2)
-    assert len((out / "quality_runs.jsonl").read_text().splitlines()) == 2 * len(lines)
+    assert len(lines) == 3
+    again, _ = quality.run_studies(quality.Runner(out, quality.SMOKE), ("screen",))
+    assert len((out / "quality_runs.jsonl").read_text().splitlines()) == 3
+    assert again.parts[0].rows == table.rows
 
 
-def test_quality_sizes_overrides():
+def test_quality_variants_scale_with_the_recipe_lr():
     from bench import quality
 
-    cfg = quality.sizes("full", steps=600, seeds=(0, 1))
-    assert (cfg["steps"], cfg["eval_every"], cfg["seeds"], cfg["ablation_seeds"]) == (600, 100, (0, 1), (0, 1))
-    assert quality.sizes("smoke", steps=1)["eval_every"] == 1
-    assert quality.SIZES["full"]["steps"] == 1000  # the mode itself is unchanged
-    with pytest.raises(ValueError, match="tables"):
-        quality.run("smoke", torch.device("cpu"), Path("."), tables=(5,))
+    recipe = quality._lr_wd(2e-3, 0.1)
+    assert quality._variant("pole lr x10", recipe)[-1] == "optim.filter_pole_lr=0.02"
+    assert quality._variant("numerator lr x10 (poles at lr)", recipe)[-2:] == ("optim.filter_lr=0.02", "optim.filter_pole_lr=0.002")
+    with pytest.raises(ValueError, match="studies"):
+        quality.run_studies(None, ("tables",))
 
 
 def test_quality_names_the_missing_data(tmp_path, monkeypatch):

@@ -1,48 +1,17 @@
-"""Bad input through the real CLIs: one line on stderr, exit code 2, nothing overwritten."""
+"""Bad input through the entry points: one line on stderr, exit code 2, nothing overwritten."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import ROOT
-from hyena_rtf.modeling.presets import preset_config
+from helpers import assert_one_line_error, cli, fake_checkpoint, files_data  # noqa: F401  (re-exported for other test files)
 
 
-def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HYENA_RTF_ROOT": str(cwd)}
-    env.pop("HYENA_RTF_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-def fake_checkpoint(path: Path, **overrides) -> None:
-    """A checkpoint in this project's format (hyperparameters + net.* weights) for a tiny model."""
-    from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
-    from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-
-    cfg = preset_config("hyena_rtf-tiny", vocab_size=300, hidden_size=32, intermediate_size=64,
-                        max_position_embeddings=32, state_size=4, output_rank=None).to_dict()
-    model_kwargs = {k: cfg[k] for k in preset_config("hyena_rtf-tiny").to_dict() if k in cfg and k in HyenaRTFConfig().to_dict()}
-    model = HyenaRTFForCausalLM(HyenaRTFConfig(**model_kwargs))
-    hp = {**model_kwargs, **overrides}
-    torch.save({"hyper_parameters": {"model": hp}, "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-                "global_step": 0}, path)
+def run(script: str, *args: str, cwd: Path):
+    """``python <script> <args>`` in ``cwd`` (in this process: see helpers.cli)."""
+    return cli(script, *args, cwd=cwd)
 
 
 BAD_TRAIN = [
@@ -56,14 +25,14 @@ BAD_TRAIN = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args,needles", BAD_TRAIN, ids=[a[0][-1] for a in BAD_TRAIN])
-def test_train_bad_input(args, needles, tmp_path):
-    proc = run("train.py", *args, "trainer.max_steps=1", cwd=tmp_path)
+def test_train_bad_input(args, needles, tmp_path, token_cache, wikitext_dir):
+    # Model values are checked once the tokenizer is known: give those cases the session's corpus.
+    data = files_data(wikitext_dir) if args[0].startswith("model.") else []
+    proc = run("train.py", *data, *args, "trainer.max_steps=1", f"paths.data_dir={token_cache}", cwd=tmp_path)
     assert_one_line_error(proc, *needles)
 
 
-@pytest.mark.slow
 def test_train_empty_and_non_utf8_data(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -74,7 +43,6 @@ def test_train_empty_and_non_utf8_data(tmp_path):
     assert_one_line_error(run("train.py", "data=files", f"data.train_path={bad}", *valid, cwd=tmp_path), "not UTF-8")
 
 
-@pytest.mark.slow
 def test_evaluate_and_generate_bad_input(tmp_path):
     assert_one_line_error(run("evaluate.py", "ckpt_path=/nonexistent/x.ckpt", cwd=tmp_path), "checkpoint not found")
     junk = tmp_path / "junk.ckpt"

@@ -4,23 +4,18 @@ loss and the metrics look only at the recall positions, and the CLI trains and e
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from helpers import cli
 from hyena_rtf.errors import UserError
 from hyena_rtf.lit_module import HyenaLMModule
 from hyena_rtf.synthetic import (
     AssociativeRecallDataModule, CopyingDataModule, associative_recall, copying, recall_counts,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tiny_model(vocab: int, l_max: int = 32, mixer: str = "hyena_rtf") -> dict:
     return dict(mixer=mixer, vocab_size=vocab, hidden_size=16, num_hidden_layers=1, intermediate_size=32,
@@ -180,11 +175,9 @@ def test_validation_logs_acc_and_exact_of_the_masked_positions(tmp_path):
 
 # ---------------------------------------------------------------------- CLI
 def _run(args, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return cli(args[0], *args[1:], cwd=tmp_path)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task,overrides", [
     ("copying", ["data.mem_len=6", "data.vocab_size=8"]),
     ("associative_recall", ["data.seq_len=24", "data.num_pairs=4", "data.num_queries=2", "data.vocab_size=17"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.rtf import RTF
 from hyena_rtf.modeling.rtf_fit import aliased_kernel_direct, fit_numerator, fit_rtf, max_pole_radius
 
+from helpers import TINY, argmax_loop, files_data
 from test_cli_errors import assert_one_line_error, fake_checkpoint, run
 
 L_MAX = 64
@@ -200,7 +202,6 @@ def test_distill_checkpoint_writes_a_loadable_hyena_rtf_checkpoint(tmp_path):
         distill_checkpoint(tmp_path / "teacher.ckpt", tmp_path / "out", state_size=8, progress=False)
 
 
-@pytest.mark.slow
 def test_cli_bad_inputs(tmp_path):
     rtf_ckpt = tmp_path / "rtf.ckpt"
     fake_checkpoint(rtf_ckpt)  # a mixer=hyena_rtf checkpoint
@@ -214,31 +215,60 @@ def test_cli_bad_inputs(tmp_path):
                           "checkpoint not found", "/nonexistent/run")
 
 
-@pytest.mark.slow
-def test_cli_distils_and_the_other_clis_take_the_result(tmp_path):
-    """distill.py on a train.py-style checkpoint; export.py takes the result; greedy decoding through
-    the recurrent cache matches an argmax loop over full parallel forwards of the same student."""
+@pytest.fixture(scope="module")
+def hyena_run(tmp_path_factory, wikitext_dir, token_cache):
+    """A trained implicit-filter teacher: ``train.py model=hyena_tiny`` (tiny sizes, 10 steps)."""
+    cwd = tmp_path_factory.mktemp("hyena_teacher")
+    tiny = ["model=hyena_tiny", *[a for a in TINY if a.startswith("model.") and "state_size" not in a]]
+    proc = run("train.py", *files_data(wikitext_dir), *tiny, f"paths.data_dir={token_cache}", "trainer.max_steps=10",
+               "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "optim.warmup_steps=2",
+               "callbacks.sample_generation.max_new_tokens=4", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (cwd / "logs" / "train" / "runs").glob("*")
+    return run_dir
+
+
+def test_cli_distils_with_evaluation_and_the_other_clis_take_the_result(hyena_run, wikitext_dir, tmp_path):
+    """distill.py on a train.py run of mixer=hyena, scoring both models: its teacher and student
+    perplexities are what evaluate.py reports for the two checkpoints; export.py takes the student;
+    generate.py decodes it greedily exactly like an argmax loop over full parallel forwards, and so
+    does the recurrent cache."""
     from hyena_rtf.checkpoints import load_for_inference
 
-    torch.manual_seed(0)
-    teacher = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    teacher.parent.mkdir(parents=True)
-    save_teacher(tiny_teacher(), teacher)
-    proc = run("distill.py", f"ckpt_path={tmp_path / 'run'}", "state_size=8", f"out_dir={tmp_path / 'out'}",
-               "evaluate=false", "max_steps=20", "progress=false", cwd=tmp_path)
+    text = tmp_path / "wiki.test.small.raw"  # the first real WikiText test articles: quick to score twice
+    text.write_text("".join((wikitext_dir / "wiki.test.raw").read_text().splitlines(keepends=True)[:40]))
+    data = ["data=files", f"data.test_path={text}"]
+    proc = run("distill.py", f"ckpt_path={hyena_run}", "state_size=8", f"out_dir={tmp_path / 'out'}", *data,
+               "max_steps=20", "progress=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max |pole|" in proc.stdout and "distillation took" in proc.stdout
+    printed = re.search(r"^test ppl: teacher ([0-9.]+), student ([0-9.]+)", proc.stdout, re.M)
+    assert printed, proc.stdout[-2000:]
     student_ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    report = json.loads((student_ckpt.parent / "distill.json").read_text())
+    for who, ckpt in (("teacher", hyena_run / "checkpoints" / "last.ckpt"), ("student", student_ckpt)):
+        out = tmp_path / f"eval_{who}.json"
+        ev = run("evaluate.py", f"ckpt_path={ckpt}", *data, f"output={out}", "progress=false", cwd=tmp_path)
+        assert ev.returncode == 0, ev.stderr[-2000:]
+        token_ppl = json.loads(out.read_text())["token_ppl"]
+        assert report[f"{who}_ppl"] == pytest.approx(token_ppl, rel=1e-9), who
+        assert printed.group(1 if who == "teacher" else 2) == f"{token_ppl:.3f}", who
+    # A trained teacher is far from uniform, and the student keeps its perplexity to a few percent.
+    assert report["teacher_ppl"] < 0.8 * 300 and abs(report["ppl_change_pct"]) < 5
+
     proc = run("export.py", f"ckpt_path={student_ckpt}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "hf" / "config.json").is_file()
 
-    model, _ = load_for_inference(student_ckpt)
-    ids = torch.tensor([[5, 17, 3, 40]])
+    model, tok = load_for_inference(student_ckpt)
+    assert model.config.mixer == "hyena_rtf" and model.config.state_size == 8
+    ids = torch.tensor([tok("The").input_ids])
+    ref = argmax_loop(model, ids, 12)  # reference: full parallel forward per token
+    gen = run("generate.py", f"ckpt_path={student_ckpt}", "prompt=The", "do_sample=false", "max_new_tokens=12",
+              "save=false", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert gen.stdout.strip() == tok.decode(ref[0], skip_special_tokens=True).strip()
     with torch.no_grad():
-        ref = ids.clone()
-        for _ in range(12):  # reference: full parallel forward per token
-            ref = torch.cat([ref, model(input_ids=ref).logits[:, -1].argmax(-1, keepdim=True)], 1)
         cache = model.model.new_cache()
         out = ids.clone()
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
@@ -247,6 +277,7 @@ def test_cli_distils_and_the_other_clis_take_the_result(tmp_path):
             out = torch.cat([out, nxt], 1)
             logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
     assert torch.equal(out, ref)
+    assert len(set(ref[0, 1:].tolist())) > 1  # not one token repeated: a broken state would show
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from hyena_rtf.modeling.cache import HyenaCache, RecomputeCache
 from hyena_rtf.modeling.modeling_hyena_rtf import CACHE_FIELD, HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 from helpers import argmax_loop
+from hyena_rtf.generation import generate_text
 
 L_MAX = 64
 V = 97
@@ -164,22 +165,95 @@ class _Collect(BaseStreamer):
         self.chunks.append(None)
 
 
+def tv(p, q) -> float:
+    """Total variation distance of two distributions over the vocabulary."""
+    return 0.5 * float((p - q).abs().sum())
+
+
 @torch.no_grad()
-def test_sampling_options_and_streamer_come_from_transformers():
+def sampled_first_tokens(model, ids, n=3000, **options) -> torch.Tensor:
+    """Empirical distribution of the first token ``generate_text`` samples after ``ids`` (n draws in one batch)."""
+    out = generate_text(model, None, ids.expand(n, -1), max_new_tokens=1, do_sample=True, stream=False, **options)
+    assert out.shape == (n, ids.shape[1] + 1)
+    return torch.bincount(out[:, -1], minlength=V).double() / n
+
+
+@torch.no_grad()
+def test_temperature_top_k_and_top_p_shape_the_sampled_distribution():
+    """Sampled frequencies follow softmax(logits / T) of a parallel forward, restricted to the top_k
+    tokens or to the smallest set of most likely tokens holding top_p of the probability."""
     model = build("hyena_rtf")
     ids = torch.randint(0, V, (1, 4))
-    kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=True)
-    kw.update(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3)
-    torch.manual_seed(1)
-    a = model.generate(ids, **kw)
-    torch.manual_seed(1)
+    logits = model(ids).logits[0, -1].double()
+    cold, hot = (logits / 0.5).softmax(-1), (logits / 2.0).softmax(-1)
+    assert tv(cold, hot) > 0.6  # the two temperatures are far apart at this prompt
+    for temperature, expected, other in ((0.5, cold, hot), (2.0, hot, cold)):
+        freq = sampled_first_tokens(model, ids, temperature=temperature, top_k=0)
+        assert tv(freq, expected) < 0.1 and tv(freq, other) > 0.5, temperature
+
+    probs = logits.softmax(-1)
+    top5 = probs.topk(5).indices
+    expected = torch.zeros(V, dtype=torch.float64)
+    expected[top5] = probs[top5] / probs[top5].sum()
+    freq = sampled_first_tokens(model, ids, top_k=5)
+    assert set(freq.nonzero().flatten().tolist()) == set(top5.tolist())
+    assert tv(freq, expected) < 0.05
+
+    order = probs.argsort(descending=True)
+    keep = order[: int((probs[order].cumsum(0) < 0.85).sum()) + 1]  # most likely first, until 0.85 is held
+    assert 2 <= len(keep) < V // 2
+    expected = torch.zeros(V, dtype=torch.float64)
+    expected[keep] = probs[keep] / probs[keep].sum()
+    freq = sampled_first_tokens(model, ids, top_k=0, top_p=0.85)
+    assert set(freq.nonzero().flatten().tolist()) == set(keep.tolist())
+    assert tv(freq, expected) < 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@torch.no_grad()
+def test_sampling_with_top_k_1_is_greedy(seed):
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (2, 5))
+    torch.manual_seed(seed)
+    out = generate_text(model, None, ids, max_new_tokens=20, do_sample=True, temperature=1.7, top_k=1, stream=False)
+    assert torch.equal(out, argmax_loop(model, ids, 20))
+
+
+@torch.no_grad()
+def test_repetition_penalty_divides_the_logits_of_tokens_already_there():
+    """Greedy decoding with repetition_penalty=theta equals an argmax loop over parallel forwards
+    whose logits of tokens already in the sequence are divided by theta (multiplied if negative)."""
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (2, 6))
+    theta = 1.5
+    seq = ids
+    for _ in range(30):
+        logits = model(seq).logits[:, -1]
+        for row in range(seq.shape[0]):
+            seen = seq[row].unique()
+            logits[row, seen] = torch.where(logits[row, seen] > 0, logits[row, seen] / theta, logits[row, seen] * theta)
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
+    out = generate_text(model, None, ids, max_new_tokens=30, do_sample=False, repetition_penalty=theta, stream=False)
+    assert torch.equal(out, seq)
+    plain = argmax_loop(model, ids, 30)
+    assert not torch.equal(plain, seq)  # the penalty changed the text
+
+    def repeats(x):
+        return sum(len(row) - len(set(row)) for row in x[:, 6:].tolist())
+
+    assert repeats(seq) < repeats(plain)
+
+
+@torch.no_grad()
+def test_streamer_receives_the_generated_tokens():
+    model = build("hyena_rtf")
+    ids = torch.randint(0, V, (1, 4))
     streamer = _Collect()
-    b = model.generate(ids, streamer=streamer, **kw)
-    assert torch.equal(a, b) and a.shape == (1, 24) and int(a.max()) < V
+    out = model.generate(ids, streamer=streamer, max_new_tokens=20, min_new_tokens=20, do_sample=True, top_k=20)
+    assert out.shape == (1, 24) and int(out.max()) < V
     streamed = [t for c in streamer.chunks[1:-1] for t in c]  # first put is the prompt
-    assert streamed == a[0, 4:].tolist() and streamer.chunks[-1] is None
-    torch.manual_seed(2)
-    assert not torch.equal(model.generate(ids, **kw), a)
+    assert streamed == out[0, 4:].tolist() and streamer.chunks[-1] is None
+    assert streamer.chunks[0] == ids[0].tolist()
 
 
 def test_learned_position_attention_cannot_generate_past_its_table():

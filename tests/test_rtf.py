@@ -262,11 +262,21 @@ def test_bidirectional_matches_direct_reference_and_refuses_recurrence():
 
 
 def test_kernel_dropout_only_in_training():
-    f = RTF(4, 4, 16, dropout=0.5)
-    f.eval()
-    torch.testing.assert_close(f.kernel(), f.kernel())
-    f.train()
-    assert (f.kernel() == 0).any()
+    """Dropout acts on the kernel taps and only in training: in eval the kernel is that of the same
+    coefficients without dropout; in training about p of the taps are zero, the rest scaled by 1/(1-p)."""
+    f = RTF(4, 4, 64, dropout=0.5)
+    plain = RTF(4, 4, 64, dropout=0.0)
+    plain.load_state_dict(f.state_dict())
+    with torch.no_grad():
+        ref = plain.kernel()
+        assert (ref != 0).all()
+        f.eval()
+        torch.testing.assert_close(f.kernel(), ref, rtol=0, atol=0)
+        f.train()
+        k = f.kernel()
+    dropped = k == 0
+    assert 0.35 < dropped.float().mean() < 0.65
+    torch.testing.assert_close(k[~dropped], ref[~dropped] / 0.5)
 
 
 def test_fp32_kernel_under_autocast():

@@ -115,6 +115,7 @@ def test_cpu_peak_memory_is_exact_on_a_known_pattern():
     assert check_cpu_peak_memory() is None
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_cpu_peak_memory_agrees_with_the_resident_set():
     """Independent check: with every large allocation served by mmap, the process' resident-set
     high-water mark rises by what torch allocates (plus small change)."""
@@ -166,7 +167,6 @@ def test_new_benchmarks_are_registered():
         assert module.TITLE and callable(module.run)
 
 
-@pytest.mark.slow
 def test_train_speed_smoke_mode_tables(tmp_path):
     from bench import train_speed
 
@@ -319,7 +319,6 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
     assert "teacher_ppl" in saved
 
 
-@pytest.mark.slow
 def test_memory_smoke_mode_tables(tmp_path):
     from bench import memory
 

@@ -22,6 +22,7 @@ BLOCKED = ("hydra", "omegaconf", "datasets", "wandb")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_smoke_run_without_hydra_omegaconf_datasets_wandb(tmp_path):
     # None in sys.modules is what "not installed" looks like to both import and find_spec.
     script = textwrap.dedent(f"""

@@ -173,6 +173,7 @@ print("heavy:", heavy)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_public_api_imports_and_registers_auto_classes(tmp_path):
     tiny("hyena_rtf").save_pretrained(tmp_path / "m")
     proc = subprocess.run(

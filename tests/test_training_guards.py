@@ -1,4 +1,4 @@
-"""Non-finite losses, DDP on CPU, and offline W&B: the training layer under less friendly conditions."""
+"""Non-finite losses, DDP on CPU, FSDP, and offline W&B: the training layer under less friendly conditions."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ BASE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+@pytest.fixture
+def cache_dir(token_cache):
+    return token_cache
 
 
 class NaNAtStep(L.Callback):
@@ -124,3 +124,25 @@ def test_wandb_offline_and_csv_logs(tmp_path, wikitext_dir, cache_dir, monkeypat
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("train/loss", "train/lr", "val/loss", "val/ppl", "step"):
         assert key in header
+
+
+def test_fsdp_on_cpu_is_refused_by_lightning_and_by_torch(tmp_path):
+    """trainer=fsdp cannot run on CPU processes with the installed releases, so no test runs it (the
+    README says so): Lightning refuses FSDPStrategy without a GPU, and torch's FullyShardedDataParallel,
+    under it, refuses CPU modules. When a release lifts both, this fails: run trainer=fsdp on two
+    CPU processes against one process then, as the DDP test does."""
+    import torch.distributed as dist
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    cfg = compose_cfg("train", ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                "trainer.precision=32-true"], tmp_path / "run", return_hydra=False)
+    with pytest.raises(InstantiationException, match="strategy `fsdp` requires a GPU accelerator"):
+        instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="non-CPU accelerator"):
+            FullyShardedDataParallel(torch.nn.Linear(4, 4))
+    finally:
+        dist.destroy_process_group()

@@ -9,6 +9,7 @@ tier the fixture below fails it with the fix. The fast tier runs entry points in
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.util
 import os
 import subprocess
@@ -42,6 +43,19 @@ from helpers import TINY, WIKI_VOCAB, cli, files_data  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """Logger levels a test sets (the benchmarks quieten Lightning) do not leak into later tests,
+    whose in-process entry points must log what a fresh interpreter logs. Loggers the test created
+    go back to NOTSET, the level logging gives a new logger."""
+    manager = logging.root.manager
+    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    yield
+    for name, lg in list(manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(levels.get(name, logging.NOTSET))
 
 
 # ---------------------------------------------------------------------------------------------

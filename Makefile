@@ -1,19 +1,28 @@
 # Two commands do everything on a fresh machine:
 #   make quickstart   set up .venv and train the default small Hyena-RTF on the offline corpus
-#   make test         set up .venv and run the whole test suite
+#   make test         set up .venv and run the fast tier of the tests
 # Installs come from the committed lock (constraints.txt); `make test-latest` checks the newest
 # releases the pyproject allows in a venv of its own, so an upstream release that breaks us shows.
+# `.ci/run` is CI: both.
+#
+# Test tiers (tests/conftest.py): every test is fast unless marked `slow`; a test that starts a
+# Python process (an entry point, lm_eval, DDP workers, an isolated interpreter) is slow.
+#   make test        the fast tier: unit tests and the entry points run in-process
+#   make test-slow   the slow tier: end to end, real processes, in parallel (pytest-xdist)
+#   make test-all    both
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 LOCK   := constraints.txt
 LATEST ?= .venv-latest
-# Tests that exercise the dependencies' APIs (HF, generation, lm-eval, data, CLIs, README).
-LATEST_TESTS ?= tests/test_hf.py tests/test_generation.py tests/test_lm_eval.py tests/test_data.py \
-                tests/test_cli_errors.py tests/test_lm.py tests/test_configs.py tests/test_readme.py
+# The slow tier on 2 workers; a test file stays on one worker (its module fixtures run once).
+XDIST  ?= -n 2 --dist loadfile
+# In the latest leg: the slow tests that exercise the dependencies' APIs end to end (every README
+# command, HF loading without the package, lm-eval, the real processes of the entry points).
+LATEST_SLOW ?= tests/test_readme.py tests/test_hf.py tests/test_lm_eval.py tests/test_entrypoints.py
 
-.PHONY: setup quickstart test test-fast test-latest lock bench clean
+.PHONY: setup quickstart test test-fast test-slow test-all test-latest lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,10 +45,14 @@ quickstart: setup
 	$(PY) train.py
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -m "not slow"
 
-test-fast: setup
-	$(PY) -m pytest tests -m "not slow"
+test-fast: test
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(XDIST)
+
+test-all: test test-slow
 
 # A new venv every time: with nothing installed but torch, pip takes the newest release of every
 # other package that the pyproject allows (no lock), which is what this leg is for.
@@ -47,7 +60,8 @@ test-latest:
 	rm -rf $(LATEST)
 	$(call install,$(LATEST),)
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE "^(transformers|lightning|datasets|tokenizers|hydra-core|lm.eval)=="
-	$(LATEST)/bin/python -m pytest $(LATEST_TESTS)
+	$(LATEST)/bin/python -m pytest -m "not slow"
+	$(LATEST)/bin/python -m pytest -m slow $(XDIST) $(LATEST_SLOW)
 
 # Regenerate the lock from a fresh venv holding the newest allowed releases.
 lock:

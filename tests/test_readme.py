@@ -180,6 +180,7 @@ def csv_steps(run: Path, key: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 15 tiny trainings and whole-split evaluations
 def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
     from hyena_rtf.checkpoints import load_for_inference
     from hyena_rtf.corpus import load_corpus

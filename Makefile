@@ -1,9 +1,9 @@
 # Two commands do everything on a fresh machine:
 #   make quickstart   set up .venv and train the default small Hyena-RTF on the offline corpus
 #   make test         set up .venv and run the fast tier of the tests
-# Installs come from the committed lock (constraints.txt); `make test-latest` checks the newest
-# releases the pyproject allows in a venv of its own, so an upstream release that breaks us shows.
-# `.ci/run` is CI: both.
+# Installs come from the committed lock (constraints.txt), which pins every direct dependency at
+# the pyproject's lower bound; `make test-latest` checks the newest releases the pyproject allows
+# in a venv of its own, so an upstream release that breaks us shows. `.ci/run` is CI: both.
 #
 # Test tiers (tests/conftest.py): every test is fast unless marked `slow`; a test that starts a
 # Python process (an entry point, lm_eval, DDP workers, an isolated interpreter) is slow.
@@ -63,15 +63,17 @@ test-latest:
 	$(LATEST)/bin/python -m pytest -m "not slow"
 	$(LATEST)/bin/python -m pytest -m slow $(XDIST) $(LATEST_SLOW)
 
-# Regenerate the lock from a fresh venv holding the newest allowed releases.
+# Regenerate the lock in a fresh venv: the direct dependencies at the pyproject's lower bounds
+# (.ci/lock.py --floors), everything else as pip resolves it.
 lock:
 	rm -rf .venv-lock
-	$(call install,.venv-lock,)
+	$(PYTHON) .ci/lock.py --floors > .floors.txt
+	$(call install,.venv-lock,-c .floors.txt)
 	.venv-lock/bin/python .ci/lock.py $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock .floors.txt
 
 bench: setup
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) $(LATEST) .venv-lock .pytest_cache
+	rm -rf $(VENV) $(LATEST) .venv-lock .floors.txt .pytest_cache

@@ -1,23 +1,47 @@
-"""Write constraints.txt: the exact version of every installed dependency except torch's own.
+"""The lock (constraints.txt) and the floors it is built on.
 
-Run by ``make lock`` inside a venv that was just installed without constraints (so it holds the
-newest releases the pyproject allows). torch is left out, and so is every package torch itself
-requires (sympy, networkx, nvidia-*, ...): users install the torch build they want first (CPU or
-CUDA), and pinning torch's dependencies would fight the build they picked.
+    python .ci/lock.py --floors        print ``name==<lower bound>`` for every direct dependency
+    python .ci/lock.py constraints.txt write the exact version of every installed dependency
+
+The lock pins every direct dependency of the pyproject (``dependencies`` and the ``dev`` extra) at
+its lower bound, so the lock leg of CI tests the lower bounds and the latest leg the newest
+releases the ranges allow; dependencies of dependencies are pinned at what pip chose for them.
+``make lock`` installs from ``--floors`` in a fresh venv, then writes the lock from that venv.
+
+torch is left out, and so is every package torch itself requires (sympy, networkx, nvidia-*,
+...): users install the torch build they want first (CPU or CUDA), and pinning torch's
+dependencies would fight the build they picked.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
 SKIP = {"torch", "hyena-rtf", "pip", "setuptools", "wheel"}
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def floors(pyproject: Path = PYPROJECT) -> dict[str, str]:
+    """Lower bound (``>=``) of every direct dependency but torch, by canonical name."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    out = {}
+    for req in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        name = canon(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+        if name in SKIP:
+            continue
+        lower = re.search(r">=\s*([0-9][^,;\s]*)", req)
+        if lower is None:
+            raise SystemExit(f"{req!r} in {pyproject} has no lower bound (>=)")
+        out[name] = lower.group(1)
+    return out
 
 
 def torch_requirements() -> set[str]:
@@ -36,10 +60,16 @@ def main(out: str) -> None:
         name = canon(dist.metadata["Name"])
         if name not in skip and not name.startswith(("nvidia-", "triton")):
             pins[name] = dist.version
+    from packaging.version import Version
+
+    off = {n: (f, pins.get(n)) for n, f in floors().items() if pins.get(n) is None or Version(pins[n]) != Version(f)}
+    if off:
+        raise SystemExit(f"installed versions are not the pyproject's lower bounds: {off}; install with --floors")
     lines = [
         "# Exact versions for `make setup` / `make test` / the Dockerfile (pip install -c constraints.txt).",
-        "# Regenerate with `make lock`. torch and torch's own dependencies are not pinned here:",
-        "# install the torch build you want (CPU or CUDA) first.",
+        "# Regenerate with `make lock`: every direct dependency at the pyproject's lower bound, the rest as",
+        "# pip resolved them. torch and torch's own dependencies are not pinned here: install the torch",
+        "# build you want (CPU or CUDA) first.",
         *(f"{name}=={version}" for name, version in sorted(pins.items())),
     ]
     Path(out).write_text("\n".join(lines) + "\n")
@@ -47,4 +77,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "constraints.txt")
+    if sys.argv[1:] == ["--floors"]:
+        print("\n".join(f"{name}=={version}" for name, version in sorted(floors().items())))
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "constraints.txt")

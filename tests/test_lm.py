@@ -296,3 +296,54 @@ def test_flop_count_charges_the_s4d_kernel_per_mode_and_rtf_nothing_per_state():
     filters = cfg.num_hidden_layers * (cfg.hyena_order - 1)
     # by hand: 8 FLOPs per complex mode and tap, (64 - 16) / 2 more modes, 128 taps over 128 tokens
     assert s64 - s16 == pytest.approx(filters * 8 * cfg.hidden_size * (64 - 16) / 2 * 128 / 128)
+
+
+# ---------------------------------------------------------------------------- paired initialisation
+@pytest.mark.parametrize("other", [
+    dict(mixer="hyena"),
+    dict(mixer="hyena_s4d"),
+    dict(mixer="hyena_rtf", rtf_init="zeros", rtf_constraint="reflection", rtf_decay=[0.3, 1.5], state_size=4),
+    dict(mixer="hyena_rtf", hyena_order=2, rtf_num_a=1, rtf_h0_init="one"),
+])
+def test_models_that_differ_in_their_filters_share_every_other_initial_weight(other):
+    """One seed, two filter choices: identical embeddings, projections, short convolutions, heads
+    and MLPs (the filters draw from their own generators), so a comparison between them is paired."""
+    def build(**kw):
+        torch.manual_seed(123)
+        cfg = dict(vocab_size=61, max_position_embeddings=32, num_hidden_layers=2, state_size=8)
+        return HyenaRTFForCausalLM(preset_config(f"{kw.pop('mixer')}-tiny", **{**cfg, **kw}))
+
+    base = dict(build(mixer="hyena_rtf").named_parameters())
+    model = build(**other)
+    shared = [(n, p) for n, p in model.named_parameters() if ".filters." not in n]
+    assert len(shared) == len([n for n in base if ".filters." not in n]) > 10
+    for name, p in shared:
+        assert torch.equal(p, base[name]), name
+    # The filters themselves did draw random numbers (and different ones per layer).
+    f0, f1 = (model.model.layers[i].mixer.filters[0] for i in (0, 1))
+    assert f0.init_seed != f1.init_seed
+    # A different seed changes the shared weights: the check above can fail.
+    torch.manual_seed(124)
+    other_seed = HyenaRTFForCausalLM(preset_config("hyena_rtf-tiny", vocab_size=61, max_position_embeddings=32,
+                                                   num_hidden_layers=2, state_size=8))
+    assert not torch.equal(dict(other_seed.named_parameters())["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_implicit_filter_mlp_keeps_the_gpt2_init_scale():
+    model = tiny("hyena", initializer_range=0.02)
+    f = model.model.layers[0].mixer.filters[0]
+    linears = [m for m in f.mlp if isinstance(m, torch.nn.Linear)]
+    for lin in linears:
+        assert abs(lin.weight.std().item() - 0.02) < 0.005
+        if lin.bias is not None:
+            assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+
+
+def test_pole_learning_rate_group():
+    model = tiny("hyena_rtf")
+    groups = {g["name"]: g for g in model.param_groups(weight_decay=0.1, filter_lr=1e-3, filter_pole_lr=5e-3)}
+    poles = {id(p) for m in model.modules() if isinstance(m, RTF) for p in m.pole_parameters()}
+    assert {id(p) for p in groups["filter_poles"]["params"]} == poles and groups["filter_poles"]["lr"] == 5e-3
+    assert not poles & {id(p) for p in groups["filter"]["params"]}
+    without = {g["name"] for g in model.param_groups(weight_decay=0.1, filter_lr=1e-3)}
+    assert "filter_poles" not in without

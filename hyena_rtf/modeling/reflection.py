@@ -12,6 +12,11 @@ filter and every stable monic polynomial has a ``raw`` (the map is a bijection b
 the stable region), unlike the l1 (Montel) constraint, which reaches only the polynomials with
 sum |a_i| < 1. ``raw = 0`` gives ``a = 0``: the impulse initialisation H(z) = h0.
 
+Floating point: the coefficients ``a`` of a high-order polynomial with many roots near the circle
+are badly conditioned (N = 64 with all |k| near 1 gives (1 +- z^-1)^64-like coefficients up to
+1e18), so the RTF filter derives ``a`` and its spectrum in fp64 and computes poles from ``k``
+directly (:func:`reflection_poles`), not by rooting ``a``.
+
 Costs O(N^2) per denominator, independent of the kernel length; the recursion has a hand-written
 backward (the autograd graph of N small steps costs more than the arithmetic on a CPU).
 ``statsmodels.tsa.statespace.tools.constrain_stationary_univariate`` implements the same map
@@ -22,9 +27,32 @@ it as the independent reference.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["reflection_to_denominator", "denominator_to_reflection", "step_up_reference"]
+__all__ = [
+    "K_MAX",
+    "reflection_coefficients",
+    "raw_from_reflection",
+    "reflection_to_denominator",
+    "denominator_to_reflection",
+    "reflection_poles",
+    "step_up_reference",
+]
+
+# |k| < 1 keeps every pole inside the circle; tanh of a large parameter rounds to exactly 1 (in
+# fp64 from |x| ~ 19), which would put a pole on it, hence the factor just below one.
+K_MAX = 1.0 - 1e-6
+
+
+def reflection_coefficients(raw: Tensor) -> Tensor:
+    """Reflection coefficients ``K_MAX * tanh(raw)``: strictly inside (-1, 1) for any real ``raw``."""
+    return K_MAX * torch.tanh(raw)
+
+
+def raw_from_reflection(k: Tensor) -> Tensor:
+    """Inverse of :func:`reflection_coefficients` (|k| must be below ``K_MAX``)."""
+    return torch.atanh(k / K_MAX)
 
 
 def step_up_reference(k: Tensor) -> Tensor:
@@ -77,6 +105,29 @@ def reflection_to_denominator(k: Tensor) -> Tensor:
     if k.dim() != 2:
         raise ValueError(f"k must be (rows, order), got shape {tuple(k.shape)}")
     return _StepUp.apply(k)
+
+
+def reflection_poles(k: Tensor) -> Tensor:
+    """Roots of the polynomial with reflection coefficients k (R, N), as complex (R, N), in fp64.
+
+    They are the eigenvalues of an upper Hessenberg matrix built from k (the GGT matrix of the
+    theory of orthogonal polynomials on the unit circle, with Verblunsky coefficients -k):
+    G[i, j] = -alpha_{i-1} alpha_j prod_{m=i}^{j-1} rho_m for i <= j (alpha_{-1} = -1),
+    G[j+1, j] = rho_j, rho = sqrt(1 - alpha^2). G is a section of a unitary matrix, so its
+    eigenvalues come out accurately even where the coefficients ``a`` are too ill-conditioned to
+    root (many poles next to the circle: the companion matrix of ``a`` then has eigenvalues off by
+    far more than the distance to the circle).
+    """
+    alpha = -k.detach().double()  # (R, N)
+    R, N = alpha.shape
+    log_rho = 0.5 * torch.log1p(-alpha * alpha)  # (R, N)
+    cum = F.pad(torch.cumsum(log_rho, -1), (1, 0))  # (R, N+1): cum[j] = sum_{m<j} log rho_m
+    prod = torch.exp(cum[:, None, :N] - cum[:, :N, None])  # (R, N, N): [i, j] = prod_{m=i}^{j-1} rho_m
+    prev = torch.cat([-torch.ones_like(alpha[:, :1]), alpha[:, :-1]], -1)  # (R, N): alpha_{i-1}
+    G = torch.triu(-prev[:, :, None] * alpha[:, None, :] * prod)  # (R, N, N)
+    idx = torch.arange(N - 1, device=alpha.device)
+    G[:, idx + 1, idx] = torch.exp(log_rho[:, :-1])
+    return torch.linalg.eigvals(G)
 
 
 def denominator_to_reflection(a: Tensor) -> Tensor:

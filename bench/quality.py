@@ -51,7 +51,7 @@ from typing import Optional
 
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 
-from .report import Report, Table, header
+from .report import Report, Table, header, machine_info
 from .runfile import RunFile
 
 TITLE = "Perplexity at equal compute on WikiText-2 text: tuned mixers, paired runs"
@@ -143,6 +143,7 @@ class Runner:
         self.out, self.mode_overrides, self.jobs, self.threads = out, tuple(mode_overrides), jobs, threads
         self.wiki = find_shared() / WIKITEXT
         self.store = RunFile(out / "quality_runs.jsonl")
+        self.revision = machine_info()["git"]
         self._lock = threading.Lock()
         self.seq_len = int(next((o.split("=")[1] for o in reversed(self.mode_overrides) if o.startswith("data.seq_len=")), 256))
 
@@ -189,7 +190,7 @@ class Runner:
             test_ppl=test["token_ppl"], test_word_ppl=test["word_ppl"], val_loss=curve[-1][1] if curve else None,
             val_curve=curve, max_pole_radius=_last(metrics, "stability/max_pole_radius"),
             kernel_shift=_last(metrics, "filters/kernel_shift"), train_s=train_s, load=load, run_dir=str(run_dir),
-            command=" ".join(self.command(run, run_dir)[1:]),
+            command=" ".join(self.command(run, run_dir)[1:]), git=self.revision,
         )
 
 

@@ -211,3 +211,34 @@ def test_h0_init_options_and_identical_draws():
     with pytest.raises(ValueError, match="decay"):
         RTF(2, 4, 32, decay=(1.5, 0.3))
     assert K_MAX < 1
+
+
+def test_denominators_batched_over_layers_give_the_same_loss_and_gradients(monkeypatch):
+    """The model computes all layers' reflection denominators in one step-up call per forward;
+    loss and every gradient equal those of filters that compute their own."""
+    from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+    from hyena_rtf.modeling.presets import preset_config
+
+    torch.manual_seed(0)
+    net = HyenaRTFForCausalLM(preset_config("hyena_rtf-tiny", vocab_size=64, max_position_embeddings=32, num_hidden_layers=3,
+                                            rtf_constraint="reflection", rtf_init="xavier"))
+    ids = torch.randint(0, 64, (2, 32))
+    calls = []
+    real = reflection_to_denominator
+    monkeypatch.setattr("hyena_rtf.modeling.rtf.reflection_to_denominator", lambda k: calls.append(k.shape) or real(k))
+
+    def loss_and_grads():
+        net.zero_grad()
+        loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+    batched = loss_and_grads()
+    assert calls == [torch.Size([3 * 64, 8])]  # one call for the three layers
+    monkeypatch.setattr(RTF, "prepare_batch", classmethod(lambda cls, filters: None))
+    calls.clear()
+    alone = loss_and_grads()
+    assert len(calls) == 3
+    torch.testing.assert_close(batched[0], alone[0], rtol=0, atol=0)
+    for g1, g2 in zip(batched[1], alone[1]):
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)

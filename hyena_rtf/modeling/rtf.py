@@ -214,6 +214,7 @@ class RTF(LongFilter):
             self.register_parameter("montel_scale", None)
         self.dropout = nn.Dropout(dropout)
         self._rec_cache: dict = {}
+        self._prepared: Optional[tuple] = None  # denominators computed in a batch (prepare_batch)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -310,9 +311,33 @@ class RTF(LongFilter):
         """The dtype denominators are derived in: fp64 (MPS has none; there the parameters' dtype)."""
         return torch.float64 if self.a_raw.device.type != "mps" else self.a_raw.dtype
 
+    def _param_key(self) -> tuple:
+        return (self.a_raw.data_ptr(), self.a_raw._version, torch.is_grad_enabled())
+
+    @classmethod
+    def prepare_batch(cls, filters: list["RTF"]) -> None:
+        """One step-up recursion for the denominators of every reflection-constrained filter of the
+        same order: the recursion is N small sequential steps whose cost is mostly per call, so a
+        model with many layers pays it once per forward instead of once per filter. Each filter
+        uses its share once (:meth:`denominator`), only while its parameters are unchanged."""
+        groups: dict[tuple, list[RTF]] = {}
+        for f in filters:
+            if f.constraint == "reflection":
+                groups.setdefault((f.state_size, f.a_raw.device, f._wide()), []).append(f)
+        for (_, _, dtype), fs in groups.items():
+            if len(fs) < 2:
+                continue
+            raw = torch.cat([f.a_raw.to(dtype) for f in fs])  # (sum of rows, N)
+            a = reflection_to_denominator(reflection_coefficients(raw))
+            for f, part in zip(fs, a.split([f.a_raw.shape[0] for f in fs])):
+                f._prepared = (f._param_key(), dtype, part)
+
     def denominator(self, dtype: Optional[torch.dtype] = None) -> Tensor:
         """Constrained denominator coefficients a_1..a_N, shape (ndir * num_a, N), in ``dtype``
         (default: the parameters'), computed from the parameters in that dtype."""
+        prepared, self._prepared = getattr(self, "_prepared", None), None
+        if prepared is not None and prepared[0] == self._param_key() and prepared[1] == (dtype or self.a_raw.dtype):
+            return prepared[2]
         a = self.a_raw if dtype is None else self.a_raw.to(dtype)
         if self.constraint == "reflection":
             return reflection_to_denominator(reflection_coefficients(a))  # (ndir*num_a, N), |poles| < 1

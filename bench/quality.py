@@ -62,6 +62,7 @@ LRS = (1.5e-3, 3e-3, 6e-3)
 WDS = (0.05, 0.25)
 STATES = (16, 256)  # besides the preset's 64, at the best cell
 STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
+MAIN_STATE = 64  # the experiment's state size (conf/experiment/wikitext_cpu.yaml via the presets)
 SEEDS = (0, 1, 2)
 SCREEN_RECIPE = {"lr": 3e-3, "wd": 0.1}
 PAPER_RECIPE = {"lr": 1e-3, "wd": 0.25}
@@ -151,6 +152,17 @@ class Runner:
         return [sys.executable, "train.py", "experiment=wikitext_cpu", f"model={run.mixer}_tiny", f"seed={run.seed}",
                 f"data.train_path={self.wiki / 'wiki.valid.raw'}", f"data.test_path={self.wiki / 'wiki.test.raw'}",
                 *self.mode_overrides, *run.overrides, f"hydra.run.dir={run_dir}"]
+
+    def distill(self, teacher: Path, state_size: int) -> Path:
+        """distill.py on ``teacher`` (once; kept beside the runs): the student's checkpoint."""
+        out = self.out / "distilled" / f"{teacher.parent.parent.name}_n{state_size}"
+        target = out / "checkpoints" / "last.ckpt"
+        if not target.is_file():
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads * self.jobs)}
+            _call([sys.executable, "distill.py", f"ckpt_path={teacher}", f"state_size={state_size}", "constraint=none",
+                   f"out_dir={out}", "evaluate=false", "progress=false", "overwrite=true", f"hydra.run.dir={out / 'log'}"],
+                  env, out / "distill_stdout.txt")
+        return target
 
     def key(self, run: Run) -> str:
         return json.dumps([run.mixer, run.seed, list(self.mode_overrides), list(run.overrides)])
@@ -287,6 +299,14 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
     if "ablation" in studies:
         base = best["hyena_rtf"].overrides
         runs = {name: Run("hyena_rtf", 0, _variant(name, base)) for name in VARIANTS}
+        # Upper reference: start from the best implicit model distilled into RTFs (constraint none),
+        # then train on at RTF's recipe; and how much the implicit model's own filters are worth.
+        teacher = Path(runner.results([best["hyena"]])[best["hyena"]]["run_dir"])
+        student = runner.distill(teacher / "checkpoints" / "last.ckpt", MAIN_STATE)
+        runs["init from the distilled implicit model (constraint none)"] = Run(
+            "hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={MAIN_STATE}", f"init_from={student}"))
+        runs["implicit hyena at its best cell (reference)"] = best["hyena"]
+        runs["implicit hyena, filters frozen (reference)"] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
         res = runner.results(list(runs.values()))
         everything.update(res)
         table = Table(f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)",

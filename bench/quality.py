@@ -171,10 +171,12 @@ class Runner:
         """Results of ``runs`` (trained now unless stored), in parallel; the first new run alone,
         so that it builds the shared token cache before the others read it."""
         todo = [r for r in dict.fromkeys(runs) if self.key(r) not in self.store.done]
+        cached = any(json.loads(k)[2] == list(self.mode_overrides) for k in self.store.done)  # same data options ran
+        if todo and not cached:
+            self._one(todo.pop(0))
         if todo:
-            self._one(todo[0])
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                list(pool.map(self._one, todo[1:]))
+                list(pool.map(self._one, todo))
         return {r: self.store.done[self.key(r)] for r in runs}
 
     def _one(self, run: Run) -> None:

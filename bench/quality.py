@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "xavier + l1_montel + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel",
                                           "model.rtf_decay=[0.3,1.5]"),
     "xavier + none + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=none", "model.rtf_decay=[0.3,1.5]"),
+    "zeros + reflection + graded decay": ("model.rtf_init=zeros", "model.rtf_constraint=reflection",
+                                          "model.rtf_decay=[0.3,1.5]"),
     "montel + reflection + graded decay": ("model.rtf_init=montel", "model.rtf_constraint=reflection",
                                            "model.rtf_decay=[0.3,1.5]"),
     "h0 = 1": ("model.rtf_h0_init=one",),

@@ -26,8 +26,9 @@ Studies (``--studies``; later ones use the choices of earlier ones):
   for every mixer and ``SEEDS``.
 - ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
 
-Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the exact
-command line, so an interrupted study resumes and a changed setting trains anew.
+Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the resolved
+model, optimizer and data settings of the composed config, the seed and the starting weights, so an
+interrupted study resumes and a changed setting (or a changed preset default) trains anew.
 """
 
 from __future__ import annotations
@@ -155,6 +156,16 @@ class Runner:
                 f"data.train_path={self.wiki / 'wiki.valid.raw'}", f"data.test_path={self.wiki / 'wiki.test.raw'}",
                 *self.mode_overrides, *run.overrides, f"hydra.run.dir={run_dir}"]
 
+    def evaluate(self, ckpt: Path, result_file: Path) -> dict:
+        """evaluate.py on all of the test text in ``seq_len`` windows (once; the JSON is kept)."""
+        if not result_file.is_file():
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
+            _call([sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "data=files",
+                   f"data.test_path={self.wiki / 'wiki.test.raw'}", f"context={self.seq_len}", "progress=false",
+                   f"output={result_file}", f"hydra.run.dir={result_file.parent / 'eval'}"], env,
+                  result_file.parent / f"{result_file.stem}_stdout.txt")
+        return json.loads(result_file.read_text())
+
     def distill(self, teacher: Path, state_size: int) -> Path:
         """distill.py on ``teacher`` (once; kept beside the runs): the student's checkpoint."""
         out = self.out / "distilled" / f"{teacher.parent.parent.name}_n{state_size}"
@@ -167,27 +178,44 @@ class Runner:
         return target
 
     def key(self, run: Run) -> str:
-        return json.dumps([run.mixer, run.seed, list(self.mode_overrides), list(run.overrides)])
+        """What decides a run's result: the resolved model, optimizer, data and step settings of its
+        composed config (so a changed preset or default trains anew), its seed and starting weights."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        cmd = self.command(run, Path("unused"))
+        overrides = [o for o in cmd[2:] if not o.startswith("hydra.")]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        decided = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "optim", "data")}
+        decided["trainer"] = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "limit_val_batches",
+                                                              "gradient_clip_val", "accumulate_grad_batches", "precision")}
+        decided.update(seed=cfg.seed, init_from=cfg.get("init_from"), mixer=run.mixer)
+        return json.dumps(decided, sort_keys=True)
 
     def results(self, runs: list[Run]) -> dict[Run, dict]:
         """Results of ``runs`` (trained now unless stored), in parallel; the first new run alone,
         so that it builds the shared token cache before the others read it."""
-        todo = [r for r in dict.fromkeys(runs) if self.key(r) not in self.store.done]
-        cached = any(json.loads(k)[2] == list(self.mode_overrides) for k in self.store.done)  # same data options ran
-        if todo and not cached:
-            self._one(todo.pop(0))
+        keys = {r: self.key(r) for r in dict.fromkeys(runs)}
+        todo = [r for r, k in keys.items() if k not in self.store.done]
+        data = json.dumps(json.loads(keys[runs[0]])["data"], sort_keys=True) if runs else ""
+        cached = any(json.dumps(json.loads(k)["data"], sort_keys=True) == data for k in self.store.done)
+        if todo and not cached:  # the first run of these data options builds the token cache alone
+            self._one(todo.pop(0), keys)
         if todo:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                list(pool.map(self._one, todo))
-        return {r: self.store.done[self.key(r)] for r in runs}
+                list(pool.map(lambda r: self._one(r, keys), todo))
+        return {r: self.store.done[keys[r]] for r in runs}
 
-    def _one(self, run: Run) -> None:
+    def _one(self, run: Run, keys: dict) -> None:
         result = self._train_and_score(run)
         with self._lock:  # one writer of the run file at a time
-            self.store.get(self.key(run), lambda: result)
+            self.store.get(keys[run], lambda: result)
 
     def _train_and_score(self, run: Run) -> dict:
-        slug = hashlib.sha1(self.key(run).encode()).hexdigest()[:12]
+        slug = hashlib.sha1(json.dumps([run.mixer, run.seed, self.mode_overrides, run.overrides]).encode()).hexdigest()[:12]
         run_dir = self.out / "runs" / f"{run.mixer}_s{run.seed}_{slug}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a partial run from an interrupted study
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
@@ -195,11 +223,7 @@ class Runner:
         start = time.perf_counter()
         _call(self.command(run, run_dir), env, run_dir / "train_stdout.txt")
         train_s = time.perf_counter() - start
-        result_file = run_dir / "eval_test.json"
-        _call([sys.executable, "evaluate.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=files",
-               f"data.test_path={self.wiki / 'wiki.test.raw'}", f"context={self.seq_len}", "progress=false",
-               f"output={result_file}", f"hydra.run.dir={run_dir / 'eval'}"], env, run_dir / "eval_stdout.txt")
-        test = json.loads(result_file.read_text())
+        test = self.evaluate(run_dir / "checkpoints" / "last.ckpt", run_dir / "eval_test.json")
         metrics = read_metrics(run_dir / "csv" / "metrics.csv")
         curve = metrics.get("val/loss", [])
         return dict(

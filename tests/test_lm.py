@@ -91,11 +91,12 @@ def test_parameter_counts_of_the_125m_presets():
     Per block, D=768, d_inner=3072, rank 384: MLP 4,722,432; two LayerNorms 3,072.
     Hyena mixers: in_proj 768*2304+2304 = 1,771,776; short conv 2304*3+2304 = 9,216; RMSNorm 768;
     mimo_proj 768*384+384 = 295,296; out_proj 384*768+768 = 295,680.
-    RTF filter: a 768x64 + b 768x64 + h0 768 + montel scale 768 = 99,840.
+    RTF filter: a 768x64 + b 768x64 + h0 768 = 99,072 (the default reflection constraint), plus a
+    montel scale 768 = 99,840 with the paper's l1_montel.
     Implicit filter (width 64, emb_dim 3, 3 sine layers with their own frequencies): positions
     1024*3 + MLP (3*64+64) + 2*(64*64+64) + 64*768 + sines 3*64 + skip 768 = 61,760.
     S4D filter (state 64 = 32 complex modes): log dt 768 + A (real, imag) 2*768*32 + C (complex)
-    2*768*32 + D 768 = 99,840, the same as RTF.
+    2*768*32 + D 768 = 99,840, the same as the paper's RTF.
     Attention: qkv 768*2304+2304 = 1,771,776; out_proj 590,592.
     Embedding 50264*768 = 38,602,752 (tied head); final LN 1,536; learned positions 1024*768.
     """
@@ -103,7 +104,7 @@ def test_parameter_counts_of_the_125m_presets():
     hyena_common = 1_771_776 + 9_216 + 768 + 295_296 + 295_680 + mlp_ln
     embed = 38_602_752 + 1_536
     expected = {
-        "hyena_rtf-125m": 12 * (hyena_common + 99_840) + embed,
+        "hyena_rtf-125m": 12 * (hyena_common + 99_072) + embed,
         "hyena-125m": 12 * (hyena_common + 61_760) + embed,
         "hyena_s4d-125m": 12 * (hyena_common + 99_840) + embed,
         "attention-125m": 12 * (1_771_776 + 590_592 + mlp_ln) + embed + 1024 * 768,
@@ -112,7 +113,9 @@ def test_parameter_counts_of_the_125m_presets():
         model, n = _count(name)
         print(f"{name}: {n:,} parameters")
         assert n == n_expected, name
-    assert expected["hyena_rtf-125m"] == 124_981_248  # the paper's ~124.98M
+    with torch.device("meta"):
+        paper = HyenaRTFForCausalLM(preset_config("hyena_rtf-125m", rtf_constraint="l1_montel", rtf_decay=None))
+    assert sum(p.numel() for p in paper.parameters()) == 12 * (hyena_common + 99_840) + embed == 124_981_248  # ~124.98M
     # GPT-2 small has 124,439,808 parameters with the unpadded 50257-row embedding.
     assert expected["attention-125m"] == 124_439_808 + 7 * 768
     rtf = [m for m in _count("hyena_rtf-125m")[0].modules() if isinstance(m, RTF)]

@@ -40,11 +40,13 @@ from .reflection import (
     reflection_to_denominator,
 )
 
-__all__ = ["RTF", "inverse_impulse_response", "graded_decay_radii"]
+__all__ = ["RTF", "inverse_impulse_response", "graded_decay_radii", "DEFAULT_DECAY"]
 
 _INITS = ("zeros", "xavier", "montel")
 _CONSTRAINTS = ("reflection", "l1_montel", "none")
 _H0_INITS = ("one", "normal")
+# The default time scales: the implicit Hyena filter's window (1e-2 reached at 0.3 and 1.5 l_max).
+DEFAULT_DECAY = (0.3, 1.5)
 # The l1_montel scale parameter is initialised U(0, 1) (the reference code); see reset_parameters.
 _MONTEL_EPS = 1e-6
 
@@ -149,10 +151,15 @@ class RTF(LongFilter):
             free (poles may leave the unit circle).
         h0_init: ``"one"`` or ``"normal"`` (N(0, 1)) for the feed-through; None: the init's own
             (one for zeros, normal otherwise).
-        decay: None, or ``(fast, slow)`` horizons as fractions of ``l_max``: every denominator
-            starts as one real pole whose response decays to 1e-2 between ``fast * l_max`` taps
-            (first row) and ``slow * l_max`` taps (last row), the time scales of the implicit Hyena
-            filter's window (:func:`graded_decay_radii`); the numerator follows ``init``.
+        decay: None (the denominators follow ``init``), or ``(fast, slow)`` horizons as fractions
+            of ``l_max``: every denominator starts as one real pole whose response decays to 1e-2
+            between ``fast * l_max`` taps (first row) and ``slow * l_max`` taps (last row), the time
+            scales of the implicit Hyena filter's window (:func:`graded_decay_radii`); the numerator
+            follows ``init``.
+
+    The defaults (xavier numerator, reflection constraint, graded decay) are the variant that
+    trained best in the project's paired comparison (BENCHMARKS.md section 4); the paper's
+    ``init="xavier", constraint="l1_montel", decay=None`` remains available.
         bidirectional: add an anti-causal filter bank (non-causal tasks; no recurrent mode).
         dropout: dropout on the kernel taps during training.
     """
@@ -164,9 +171,9 @@ class RTF(LongFilter):
         l_max: int,
         num_a: Optional[int] = None,
         init: str = "xavier",
-        constraint: Optional[str] = "l1_montel",
+        constraint: Optional[str] = "reflection",
         h0_init: Optional[str] = None,
-        decay: Optional[tuple[float, float]] = None,
+        decay: Optional[tuple[float, float]] = DEFAULT_DECAY,
         bidirectional: bool = False,
         dropout: float = 0.0,
         device=None,

@@ -87,6 +87,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
                                           "model.rtf_decay=[0.3,1.5]"),
     "montel + reflection + graded decay": ("model.rtf_init=montel", "model.rtf_constraint=reflection",
                                            "model.rtf_decay=[0.3,1.5]"),
+    "graded decay 3x shorter (0.1, 0.5)": ("model.rtf_decay=[0.1,0.5]",),
+    "graded decay 3x longer (0.9, 4.5)": ("model.rtf_decay=[0.9,4.5]",),
     "h0 = 1": ("model.rtf_h0_init=one",),
     "h0 ~ N(0, 1)": ("model.rtf_h0_init=normal",),
     "shared denominators (num_a = 1)": ("model.rtf_num_a=1",),

@@ -49,7 +49,7 @@ TINY = [
     "++trainer.limit_test_batches=2",
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",
-    "callbacks.sample_generation.max_new_tokens=8",
+    "++callbacks.sample_generation.max_new_tokens=8",
 ]
 SHRINK = ("data.batch_size", "trainer.max_steps")  # applied even where the command sets them
 
@@ -98,7 +98,8 @@ def test_every_readme_command_is_covered():
     assert len(readme_python()) >= 2
 
 
-EXPERIMENT_MIXER = {"wt103_hyena_rtf": "hyena_rtf", "wt103_hyena": "hyena", "wt103_transformer": "attention"}
+EXPERIMENT_MIXER = {"wt103_hyena_rtf": "hyena_rtf", "wt103_hyena_rtf_paper": "hyena_rtf", "wt103_hyena": "hyena",
+                    "wt103_transformer": "attention"}
 
 
 def _option(args: list[str], key: str, default=None):
@@ -172,6 +173,13 @@ def ckpt(path: Path) -> dict:
     return load_checkpoint_dict(path)
 
 
+def csv_losses(run: Path) -> dict[int, float]:
+    import csv
+
+    with open(run / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
 def csv_steps(run: Path, key: str) -> list[int]:
     import csv
 
@@ -206,8 +214,9 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
         if cmd in (first, resume):
             continue
         before = set(runs(tmp_path)) | set(runs(tmp_path, "multiruns"))
-        out = readme.run(cmd, readme.train_extra(cmd))
         args = readme.args(cmd)
+        extra = readme.train_extra(first if _option(args, "init_from") else cmd)  # + the options that built it
+        out = readme.run(cmd, extra)
         if "-m" in args:  # the sweep: one run per combination, each with its own seed and model
             (sweep,) = set(runs(tmp_path, "multiruns")) - before
             jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
@@ -240,6 +249,10 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
             assert "val/acc" in out and "test/exact" in out, cmd
         elif _option(args, "data") == "files":
             assert Path(state["datamodule_hyper_parameters"]["train_path"]).name == "train.txt"
+        if _option(args, "init_from"):  # a new run from the quickstart's weights: its first loss is theirs
+            assert f"starting from the weights of {_option(args, 'init_from')}" in out
+            first_loss = {r: csv_losses(r)[0] for r in (readme.base_run, run)}
+            assert first_loss[run] < first_loss[readme.base_run] - 0.01, first_loss
     assert readme.teacher is not None
 
     # ---- Export, then the Hugging Face snippet on it.
@@ -248,7 +261,7 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
     assert (tmp_path / "hf_export" / "config.json").is_file()
 
     # ---- Evaluate: the printed numbers are those of an independent computation on the same tokens.
-    for cmd in by_kind["evaluate"]:
+    for cmd in by_kind["evaluate"]:  # (<run> is the quickstart's run in every command)
         args = readme.args(cmd)
         out = readme.run(cmd, [*readme.wikitext(args), "progress=false", "overwrite=true"])
         model, tok = load_for_inference(tmp_path / _option(args, "ckpt_path"))
@@ -260,8 +273,9 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
         else:  # the default data config: Shakespeare's test plays
             text = load_corpus("shakespeare").text("test")
         ids = Tokenizer.from_str(tok.backend_tokenizer.to_str()).encode(text, add_special_tokens=False).ids
-        stride = _option(args, "stride")
-        nll, count = reference_nll(model, ids, model.config.max_position_embeddings, int(stride) if stride else None)
+        stride, context = _option(args, "stride"), _option(args, "context")
+        context = int(context) if context else model.config.max_position_embeddings
+        nll, count = reference_nll(model, ids, context, int(stride) if stride else None)
         check_printed_eval(out, nll, count, *text_counts(text))
 
     # ---- Generate: greedy text equals an argmax loop; sampled text equals a sampling loop from the same seed.

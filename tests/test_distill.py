@@ -268,16 +268,14 @@ def test_cli_distils_with_evaluation_and_the_other_clis_take_the_result(hyena_ru
               "save=false", cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.strip() == tok.decode(ref[0], skip_special_tokens=True).strip()
-    with torch.no_grad():
+    with torch.no_grad():  # the recurrent cache's logits along that text are the parallel forward's
         cache = model.model.new_cache()
-        out = ids.clone()
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
-        for _ in range(12):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            out = torch.cat([out, nxt], 1)
-            logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
-    assert torch.equal(out, ref)
-    assert len(set(ref[0, 1:].tolist())) > 1  # not one token repeated: a broken state would show
+        steps = [model(input_ids=ref[:, :1], past_key_values=cache, use_cache=True).logits]
+        steps += [model(input_ids=ref[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+                  for t in range(1, ref.shape[1])]
+        parallel = model(input_ids=ref).logits
+    err = ((torch.cat(steps, 1) - parallel).abs().max() / parallel.abs().max()).item()
+    assert err < 1e-4, err
 
 
 @torch.no_grad()

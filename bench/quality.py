@@ -203,7 +203,8 @@ class Runner:
         keys = {r: self.key(r) for r in dict.fromkeys(runs)}
         todo = [r for r, k in keys.items() if k not in self.store.done]
         data = json.dumps(json.loads(keys[runs[0]])["data"], sort_keys=True) if runs else ""
-        cached = any(json.dumps(json.loads(k)["data"], sort_keys=True) == data for k in self.store.done)
+        cached = any(json.dumps(json.loads(k).get("data"), sort_keys=True) == data for k in self.store.done
+                     if k.startswith("{"))
         if todo and not cached:  # the first run of these data options builds the token cache alone
             self._one(todo.pop(0), keys)
         if todo:

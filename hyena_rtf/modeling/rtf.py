@@ -204,7 +204,7 @@ class RTF(LongFilter):
             raise ValueError(f"h0_init must be one of {_H0_INITS} or None, got {h0_init!r}")
         if decay is not None:
             decay = tuple(float(x) for x in decay)
-            if len(decay) != 2 or not 0 < decay[0] <= decay[1]:
+            if len(decay) not in (2, 3) or not 0 < decay[0] <= decay[1] or (len(decay) == 3 and not 0 < decay[2] <= 1):
                 raise ValueError(f"decay must be None or (fast, slow) with 0 < fast <= slow, got {decay!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -251,18 +251,19 @@ class RTF(LongFilter):
     def _set_graded_poles(self) -> None:
         """One real pole per denominator at the radii of :func:`graded_decay_radii`, the other
         reflection coefficients (or coefficients) zero, whatever the constraint."""
-        rows = self.a_raw.shape[0]
-        per_dir = torch.cat([graded_decay_radii(self.num_a, self.l_max, *self.decay)] * (rows // self.num_a))
-        r = per_dir.to(self.a_raw)  # (rows,)
-        self.a_raw.zero_()
+        fast, slow, share = (*self.decay, 1.0)[:3]
+        graded = max(1, round(share * self.num_a))  # these denominators get poles; the rest keep their draws
+        rows = torch.cat([torch.arange(graded) + d * self.num_a for d in range(self.a_raw.shape[0] // self.num_a)])
+        r = graded_decay_radii(graded, self.l_max, fast, slow).repeat(self.a_raw.shape[0] // self.num_a).to(self.a_raw)
+        self.a_raw[rows] = 0.0
         if self.constraint in ("reflection", "sections"):
             # Reflection: k_1 = -r; sections: the first section's c = -r (d = 0). Either way A = 1 - r z^-1.
-            self.a_raw[:, 0] = raw_from_reflection(-r)
+            self.a_raw[rows, 0] = raw_from_reflection(-r)
         elif self.constraint == "none":
-            self.a_raw[:, 0] = -r
+            self.a_raw[rows, 0] = -r
         else:  # l1_montel: a_1 = -1 / (1 + |s| + eps) = -r
-            self.a_raw[:, 0] = -1.0
-            self.montel_scale.copy_(1.0 / r - 1.0 - _MONTEL_EPS)
+            self.a_raw[rows, 0] = -1.0
+            self.montel_scale[rows] = 1.0 / r - 1.0 - _MONTEL_EPS
 
     @property
     def has_recurrence(self) -> bool:
@@ -305,7 +306,7 @@ class RTF(LongFilter):
             check.need_choice("rtf_h0_init", _H0_INITS)
         decay = config.rtf_decay
         if decay is not None:
-            ok = isinstance(decay, (list, tuple)) and len(decay) == 2 and all(
+            ok = isinstance(decay, (list, tuple)) and len(decay) in (2, 3) and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in decay)
             if not ok or not 0 < decay[0] <= decay[1]:
                 check.fail("rtf_decay", "must be null or [fast, slow] with 0 < fast <= slow (fractions of max_position_embeddings)")

@@ -126,6 +126,37 @@ def test_greedy_decoding_equals_an_argmax_loop(name, converted):
     assert len(set(new.flatten().tolist())) >= 3  # a reference that a wrong decoder could miss
 
 
+def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
+    """Mean KL(teacher || student) of the next-token distributions."""
+    p, q = teacher_logits.log_softmax(-1), student_logits.log_softmax(-1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@torch.no_grad()
+def test_a_distilled_converted_model_stays_close_to_its_teacher(converted, tmp_path):
+    """distill.py's task on a converted directory: an N=8 RTF student of the safari run keeps the
+    teacher's predictions (KL far below that of dropping the long convolutions), and its recurrent
+    decoding equals an argmax loop over its own parallel forward."""
+    from hyena_rtf.distillation import distill_checkpoint
+
+    out_dir, teacher, _ = converted["safari_run"]
+    summary = distill_checkpoint(out_dir, tmp_path / "student", 8, max_steps=100, progress=False)
+    student, _ = load_for_inference(summary["checkpoint"])
+    assert student.config.mixer == "hyena_rtf" and summary["max_pole_radius"] < 1
+    ids = reference("safari_run")["input_ids"]
+    t_logits = teacher(input_ids=ids).logits
+    skip_only = copy.deepcopy(teacher)
+    for layer in skip_only.model.layers:
+        layer.mixer.filters[0].mlp[-1].weight.zero_()
+    baseline = kl_divergence(t_logits, skip_only(input_ids=ids).logits)
+    kl = kl_divergence(t_logits, student(input_ids=ids).logits)
+    assert baseline > 0.5 and kl < 1e-3 * baseline, (kl, baseline)
+    assert (student(input_ids=ids).logits.argmax(-1) == t_logits.argmax(-1)).float().mean() > 0.97
+    student.generation_config.eos_token_id = student.config.eos_token_id = None
+    out = student.generate(ids[:, :20], max_new_tokens=24, do_sample=False)  # recurrent state
+    assert torch.equal(out, argmax_loop(student, ids[:, :20], 24))
+
+
 def test_a_converted_model_trains(converted):
     """A converted model is an ordinary model: its loss goes down under the project's optimizer groups."""
     _, model, _ = converted["safari_run"]

@@ -32,7 +32,7 @@ import torch
 
 from .errors import UserError
 from .foreign_checkpoint import load_foreign_checkpoint
-from .safari import SafariModel, map_config, map_state_dict
+from .safari import map_config, map_state_dict, source_name
 
 __all__ = ["Source", "find_source", "read_source_config", "read_source_weights", "build_converted", "convert_checkpoint",
            "summary_lines"]
@@ -221,9 +221,7 @@ def build_converted(source: Source, shift: Optional[float] = None, lm: Optional[
     # difference means the source used decay settings this config does not carry.
     for k, v in fresh.items():
         if not torch.allclose(model.state_dict()[k], v, rtol=1e-6, atol=1e-7):
-            from .safari import _source_name
-
-            raise UserError(f"{source.weights_path}: {_source_name(k, sm)} differs from the values its config "
+            raise UserError(f"{source.weights_path}: {source_name(k)} differs from the values its config "
                             "implies (a decay setting this converter does not read)")
     return model.eval(), sm
 

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .errors import UserError
 
-__all__ = ["SafariModel", "map_config", "map_state_dict", "FLAVORS"]
+__all__ = ["SafariModel", "map_config", "map_state_dict", "source_name", "FLAVORS"]
 
 # Which code defines the defaults of keys a config leaves out.
 FLAVORS = ("safari", "hyenadna_standalone")
@@ -88,7 +88,8 @@ class SafariModel:
 
 
 def _fail(where: str, key: str, what: str) -> UserError:
-    return UserError(f"{where}: {key} {what}")
+    sep = "" if what.startswith("=") else " "  # "layer.order=3: ..." reads as the key's value
+    return UserError(f"{where}: {key}{sep}{what}")
 
 
 def _take(cfg: dict, key: str, default: Any) -> Any:
@@ -321,7 +322,7 @@ def map_state_dict(state: dict[str, Tensor], sm: SafariModel, target: dict[str, 
         out.update(_rtf_weights(prefix, parts, target, sm, where))
     for k in target:
         if k != "lm_head.weight" and k not in out:
-            raise _fail(where, _source_name(k, sm), "is missing (the config describes a weight the checkpoint lacks)")
+            raise _fail(where, source_name(k), "is missing (the config describes a weight the checkpoint lacks)")
     if head is not None and not torch.equal(head, out["model.embed_tokens.weight"]):
         if head.shape != target["lm_head.weight"].shape:
             raise _fail(where, "lm_head.weight", f"has shape {tuple(head.shape)}, the config needs "
@@ -344,7 +345,7 @@ def _rtf_weights(prefix: str, parts: dict, target: dict, sm: SafariModel, where:
     a_shape = target[f"{prefix}.a_raw"].shape
     for part in ("ab", "h_0"):
         if part not in parts:
-            raise _fail(where, _source_name(f"{prefix}.{part}", sm), "is missing")
+            raise _fail(where, source_name(f"{prefix}.{part}"), "is missing")
     key, ab = parts["ab"]
     if ab.shape != (a_shape[0] + b_shape[0], b_shape[1]):
         raise _fail(where, key, f"has shape {tuple(ab.shape)}, the config needs {(a_shape[0] + b_shape[0], b_shape[1])}")
@@ -354,7 +355,7 @@ def _rtf_weights(prefix: str, parts: dict, target: dict, sm: SafariModel, where:
     out = {f"{prefix}.a_raw": ab[: a_shape[0]].clone(), f"{prefix}.b": ab[a_shape[0]:].clone(), f"{prefix}.h0": 2.0 * h}
     want_scale = f"{prefix}.montel_scale" in target
     if want_scale != ("scalar" in parts):
-        name = parts["scalar"][0] if "scalar" in parts else _source_name(f"{prefix}.scalar", sm)
+        name = parts["scalar"][0] if "scalar" in parts else source_name(f"{prefix}.scalar")
         raise _fail(where, name, "is " + ("unexpected (the config has no l1_montel constraint)" if "scalar" in parts
                                          else "missing (the config's l1_montel constraint needs it)"))
     if want_scale:
@@ -366,7 +367,7 @@ def _rtf_weights(prefix: str, parts: dict, target: dict, sm: SafariModel, where:
     return out
 
 
-def _source_name(target_key: str, sm: SafariModel) -> str:
+def source_name(target_key: str) -> str:
     """The source's name of this backbone's weight ``target_key`` (for error messages)."""
     inverse = {"model.embed_tokens.weight": "backbone.embeddings.word_embeddings.weight",
                "model.norm_f.weight": "backbone.ln_f.weight", "model.norm_f.bias": "backbone.ln_f.bias"}
@@ -379,7 +380,8 @@ def _source_name(target_key: str, sm: SafariModel) -> str:
              "mixer.filters.0.t": "mixer.filter_fn.pos_emb.t", "mixer.filters.0.deltas": "mixer.filter_fn.modulation.deltas",
              "mixer.filters.0.a_raw": "mixer.filter_fn.ab", "mixer.filters.0.b": "mixer.filter_fn.ab",
              "mixer.filters.0.h0": "mixer.filter_fn.h_0", "mixer.filters.0.montel_scale": "mixer.filter_fn.scalar",
-             "mixer.filters.0.bias": "mixer.filter_fn.bias"}
+             "mixer.filters.0.bias": "mixer.filter_fn.bias", "mixer.filters.0.ab": "mixer.filter_fn.ab",
+             "mixer.filters.0.h_0": "mixer.filter_fn.h_0", "mixer.filters.0.scalar": "mixer.filter_fn.scalar"}
     rest = m.group(2)
     if rest in exact:
         rest = exact[rest]

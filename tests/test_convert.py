@@ -173,6 +173,34 @@ def test_a_converted_model_trains(converted):
     assert losses[-1] < 0.8 * losses[0]
 
 
+@pytest.mark.parametrize("field,value", [("implicit_decay_order", "backwards"), ("implicit_num_inner_mlps", -1),
+                                         ("implicit_w", float("nan")), ("implicit_modulate", "yes"),
+                                         ("output_norm_eps", 0.0)])
+def test_new_backbone_fields_are_checked(field, value):
+    from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
+
+    with pytest.raises(ValueError, match=f"HyenaRTFConfig.{field}"):
+        HyenaRTFConfig(mixer="hyena", hidden_size=16, output_rank=4, **{field: value})
+
+
+@torch.no_grad()
+def test_new_backbone_fields_default_to_the_old_filter():
+    """Defaults: fast-first decay rates (the formula the implicit filter always had), window on."""
+    import math
+
+    from hyena_rtf.modeling.implicit_filter import ImplicitFilter
+
+    f = ImplicitFilter(8, 32)
+    assert torch.equal(f.deltas, torch.linspace(math.log(1e-2) / 0.3, math.log(1e-2) / 1.5, 8).abs())
+    g = ImplicitFilter(8, 32, decay_order="slow_first")
+    assert torch.allclose(g.deltas, f.deltas.flip(0))
+    h = ImplicitFilter(8, 32, modulate=False)
+    h.load_state_dict(f.state_dict())
+    k_f, k_h = f.kernel(), h.kernel()
+    assert torch.allclose(k_f[:, 0], k_h[:, 0])  # tap 0: window exp(0) = 1
+    assert not torch.allclose(k_f[:, 1:], k_h[:, 1:])
+
+
 # ---------------------------------------------------------------------------------------------- bad sources
 def convert_cli(tmp_path: Path, capsys, **kwargs) -> str:
     """Run the convert task through run_cli in-process: return its one stderr line (exit code 2)."""
@@ -258,6 +286,28 @@ def test_malformed_hyenadna_sources_end_with_one_line(case, tmp_path, capsys):
         assert needle in line, line
 
 
+RTF_BAD = {
+    "no montel scale": (lambda s: s.pop("backbone.layers.1.mixer.filter_fn.scalar"),
+                        ["backbone.layers.1.mixer.filter_fn.scalar", "missing"]),
+    "ab rows": (lambda s: s.update({"backbone.layers.0.mixer.filter_fn.ab": torch.zeros(15, 8)}),
+                ["backbone.layers.0.mixer.filter_fn.ab", "(15, 8)", "(16, 8)"]),
+    "no low-rank norm": (lambda s: s.pop("backbone.layers.0.mixer.norm.weight"),
+                         ["backbone.layers.0.mixer.norm.weight", "missing"]),
+}
+
+
+@pytest.mark.parametrize("case", list(RTF_BAD))
+def test_malformed_rtf_state_dicts_end_with_one_line(case, tmp_path, capsys):
+    src = copy_fixture(tmp_path, "rtf_state_dict")
+    state = torch.load(src / "model.pt", weights_only=True)
+    damage, needles = RTF_BAD[case]
+    damage(state)
+    torch.save(state, src / "model.pt")
+    line = convert_cli(tmp_path, capsys, src=str(src / "model.pt"))
+    for needle in needles:
+        assert needle in line, line
+
+
 def test_other_bad_requests(tmp_path, capsys):
     assert "src not found" in convert_cli(tmp_path, capsys, src=str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
@@ -311,3 +361,47 @@ def test_cli_converts_and_the_other_clis_take_the_result(tmp_path):
     (bad / "weights.ckpt").write_bytes((bad / "weights.ckpt").read_bytes()[:3000])
     assert_one_line_error(run("convert.py", f"src={bad}", f"out_dir={tmp_path / 'never'}", cwd=tmp_path), "damaged")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_convert_benchmark_smoke_mode_tables(tmp_path):
+    from bench import convert as bench_convert
+    from bench.report import Table
+
+    report = bench_convert.run("smoke", torch.device("cpu"), tmp_path)
+    fit, dec = (p for p in report.parts if isinstance(p, Table))
+    assert fit.column("fixture") == ["safari_run"] and fit.column("state size") == [4]
+    assert fit.column("KL teacher||student (nats)")[0] < 1e-2 * fit.column("KL without long conv (nats)")[0]
+    assert all(float(r) < 1 for r in fit.column("max pole radius"))
+    assert len(dec.rows) == 2 * len(bench_convert.MODES["smoke"]["positions"])
+    assert all(v > 0 for v in dec.column("ms / token"))
+
+
+def readme_convert_commands() -> list[str]:
+    """The commands of the README's fixture-sized conversion example (its first bash block)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Convert safari and HyenaDNA checkpoints", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
+    return [line.split(" #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_conversion_example_runs_as_written(tmp_path):
+    """Every command of the README's end-to-end example, run as written from a copy of the fixture."""
+    import shlex
+
+    from test_cli_errors import run
+
+    commands = readme_convert_commands()
+    assert [c.split()[1] for c in commands] == ["convert.py", "distill.py", "generate.py", "export.py"]
+    shutil.copytree(FIXTURES, tmp_path / "tests" / "fixtures")
+    for cmd in commands:
+        argv = shlex.split(cmd)
+        assert argv[0] == "python"
+        proc = run(argv[1], *argv[2:], cwd=tmp_path)
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+    student, tok = load_for_inference(tmp_path / "hyenadna_rtf" / "checkpoints" / "last.ckpt")
+    assert student.config.mixer == "hyena_rtf" and tok is not None
+    assert (tmp_path / "hyenadna_rtf_hf" / "config.json").is_file()

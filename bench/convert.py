@@ -57,7 +57,7 @@ MODES = {
                  positions=(128, 1024, 4096, 16384), decode_states=(16, 64), repeats=20, tiny_1k=True),
     "quick": dict(states={"hyenadna": (16, 64), "safari_run": (4, 8, 16), "eval_yaml": (8, 16, 32)},
                   fit=dict(max_steps=300, hankel_taps=512), positions=(128, 1024, 4096, 16384), decode_states=(16, 64),
-                  repeats=10, tiny_1k=True),
+                  repeats=20, tiny_1k=True),
     "smoke": dict(states={"safari_run": (4,)}, fit=dict(max_steps=5, hankel_taps=32), positions=(16, 80),
                   decode_states=(4,), repeats=2, tiny_1k=False),
 }
@@ -147,30 +147,34 @@ def _fit_table(settings: dict, tmp: Path) -> tuple[Table, dict]:
 def _decode_table(models: list[tuple[str, Path, dict[int, Path]]], settings: dict, device: torch.device) -> Table:
     table = Table(
         "2. Decoding, batch 1: teacher recompute vs distilled student recurrent (interleaved)",
-        ["model", "method", "position", "ms / token", "IQR ms", "speed-up vs teacher", "vs position 128"],
+        ["model", "method", "position", "ms / token", "IQR ms", "speed-up vs teacher", "vs first position"],
     )
     torch.manual_seed(0)
+    teacher_name = "teacher: recompute (window l_max)"
     for label, teacher_dir, students in models:
         # Loaded outside inference mode: RTF keys its cached recurrence on parameter versions.
         teacher, _ = load_for_inference(teacher_dir, device)
-        loaded = {n: load_for_inference(p, device)[0] for n, p in students.items()}
-        first = {}
+        loaded = {f"student N={n}: recurrent": load_for_inference(p, device)[0] for n, p in students.items()}
         with torch.inference_mode():
+            # Every (method, position) pair in one interleaved loop, so that both ratios (student
+            # vs teacher, and each method against itself at the first position) see the same load.
+            steps = {}
             for position in settings["positions"]:
-                steps = {"teacher: recompute (window l_max)": decode._recompute(teacher, position, 1, device)[0]}
-                for n, model in loaded.items():
-                    steps[f"student N={n}: recurrent"] = decode._recurrent(model, position, 1, device)[0]
-                timings = compare(steps, repeats=settings["repeats"], warmup=2, device=device)
-                base = timings["teacher: recompute (window l_max)"].median
-                for name, t in timings.items():
-                    first.setdefault(name, t.median)
-                    table.add(label, name, position, t.median * 1e3, t.iqr * 1e3, base / t.median,
-                              t.median / first[name])
+                steps[(teacher_name, position)] = decode._recompute(teacher, position, 1, device)[0]
+                for name, model in loaded.items():
+                    steps[(name, position)] = decode._recurrent(model, position, 1, device)[0]
+            timings = compare(steps, repeats=settings["repeats"], warmup=2, device=device)
+        first = settings["positions"][0]
+        for (name, position), t in timings.items():
+            table.add(label, name, position, t.median * 1e3, t.iqr * 1e3,
+                      timings[(teacher_name, position)].median / t.median, t.median / timings[(name, first)].median)
     table.notes.append(
-        f"Median of {settings['repeats']} interleaved steps after two warm-ups; a step is one model call with "
-        "logits_to_keep=1 on the argmax of the previous one. The teacher has no state: each token re-runs the parallel "
-        "forward over the last l_max tokens, so its cost stops growing at l_max. 'vs position 128': this method's time "
-        "at the position over its time at the first position (flat decoding: 1.0)."
+        f"Median of {settings['repeats']} rounds after two warm-ups; every round times one step of every (method, "
+        "position) pair of a model in turn, so all ratios compare measurements taken side by side. A step is one "
+        "model call with logits_to_keep=1 on the argmax of the previous one. The teacher has no state: each token "
+        "re-runs the parallel forward over the last l_max tokens, so its cost grows up to l_max and then stays. "
+        "'vs first position': this method's time at the position over its own time at the first position (flat "
+        "decoding: 1.0)."
     )
     return table
 

@@ -131,7 +131,7 @@ def _fit_table(settings: dict, tmp: Path) -> tuple[Table, dict]:
                 s_logits = student(input_ids=ids).logits
             agree = float((s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
             table.add(name, teacher.config.max_position_embeddings, n, summary["rel_err_mean"],
-                      f"{summary['max_pole_radius']:.4f}", kl_divergence(t_logits, s_logits), agree, baseline,
+                      f"{summary['max_pole_radius']:.6f}", kl_divergence(t_logits, s_logits), agree, baseline,
                       summary["distill_s"])
             converted[name]["students"][n] = Path(summary["checkpoint"])
     fit = settings["fit"]

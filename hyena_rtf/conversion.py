@@ -122,17 +122,15 @@ def _load_yaml(path: Path, section: str) -> dict:
         raise UserError(f"{path} is not a readable YAML file ({type(e).__name__})") from None
     if section not in cfg:
         return {}
-    had_eval = OmegaConf.has_resolver("eval")
-    if not had_eval:
-        OmegaConf.register_new_resolver("eval", _arithmetic)
+    # Whatever "eval" means elsewhere in this process, here it is the arithmetic-only reader.
+    OmegaConf.register_new_resolver("eval", _arithmetic, replace=True)
     try:
         return OmegaConf.to_container(cfg[section], resolve=True)
     except (OmegaConfBaseException, ValueError, ZeroDivisionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: cannot resolve {section}: {msg}") from None
     finally:
-        if not had_eval:
-            OmegaConf.clear_resolver("eval")
+        OmegaConf.clear_resolver("eval")
 
 
 def read_source_config(source: Source) -> tuple[dict, Optional[str]]:

@@ -201,6 +201,31 @@ def test_new_backbone_fields_default_to_the_old_filter():
     assert not torch.allclose(k_f[:, 1:], k_h[:, 1:])
 
 
+@torch.no_grad()
+def test_hyenadna_checkpointed_names_and_an_untied_head(tmp_path):
+    """HyenaDNA runs with activation checkpointing name weights ``.mixer.layer.*`` / ``.mlp.layer.*``:
+    the same weights under those names give the reference logits. A head that differs from the
+    embedding is kept as an untied head."""
+    from hyena_rtf.foreign_checkpoint import load_foreign_checkpoint
+
+    src = copy_fixture(tmp_path, "hyenadna")
+    edit_config(src / "config.json", lambda c: c.update(checkpoint_mixer=True, checkpoint_mlp=True))
+    state = load_foreign_checkpoint(src / "weights.ckpt")["state_dict"]
+    renamed = {k.replace(".mixer.", ".mixer.layer.").replace(".mlp.", ".mlp.layer."): v for k, v in state.items()}
+    torch.save({"state_dict": renamed}, src / "weights.ckpt")
+    convert_checkpoint(src, tmp_path / "out")
+    model, _ = load_for_inference(tmp_path / "out")
+    ref = reference("hyenadna")
+    assert max_error(model, ref["input_ids"], ref["logits"]) <= 1e-4
+
+    head = torch.randn_like(state["model.lm_head.weight"])
+    torch.save({"state_dict": {**renamed, "model.lm_head.weight": head}}, src / "weights.ckpt")
+    convert_checkpoint(src, tmp_path / "untied")
+    model, _ = load_for_inference(tmp_path / "untied")
+    assert not model.config.tie_word_embeddings and torch.equal(model.lm_head.weight, head)
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
 # ---------------------------------------------------------------------------------------------- bad sources
 def convert_cli(tmp_path: Path, capsys, **kwargs) -> str:
     """Run the convert task through run_cli in-process: return its one stderr line (exit code 2)."""

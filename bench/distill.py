@@ -1,19 +1,15 @@
 """Distilling an implicit-filter Hyena into Hyena-RTF: perplexity kept, and decoding speed gained.
 
-    python -m bench distill --quick --threads 1   # D=64, 2 layers, 400 steps (the quality quick size)
+    python -m bench distill --quick --threads 1   # D=64, 2 layers, 300 steps (the quality quick size)
     python -m bench distill --smoke               # tiny sizes: checks that it runs
 
-1. A teacher with ``mixer=hyena`` (implicit MLP filters) is trained exactly like the quality
-   benchmark's runs (``bench.quality.train_and_score``'s recipe: WikiText-2 validation text as
-   training data, a BPE trained on it, the project's LightningModule, l_max 512) and saved as a
-   Lightning checkpoint with its tokenizer, like ``train.py`` does.
+1. The teacher is a quality-benchmark run (``bench.quality``): ``train.py experiment=wikitext_cpu
+   model=hyena_tiny`` at lr 3e-3, weight decay 0.1, in the quick (or smoke) size, scored by
+   ``evaluate.py`` on all of WikiText-2 test.
 2. ``hyena_rtf.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
    ``mixer=hyena_rtf`` checkpoints of state size 4, 16 and 64 (no constraint), and 16 with the
-   ``l1_montel`` constraint.
-3. Teacher and students are scored on all of WikiText-2 test (non-overlapping chunks of the
-   training length, ``hyena_rtf.evaluation.evaluate_ids``), each loaded back from its checkpoint
-   with ``load_for_inference`` (the loader of evaluate.py / generate.py / export.py).
-4. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
+   ``l1_montel`` constraint; each is scored by ``evaluate.py`` like the teacher.
+3. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
    new token (it has no state); the N=64 student decodes recurrently (prefilled state, one step
    per token). Timed interleaved with ``bench.decode``'s closures at positions 1024 and 4096,
    batch 1 and 8.
@@ -22,19 +18,13 @@
 from __future__ import annotations
 
 import json
-import logging
-import tempfile
-import time
 from pathlib import Path
 
-import lightning as L
+import numpy as np
 import torch
 
 from hyena_rtf.checkpoints import load_for_inference
-from hyena_rtf.datamodule import LMDataModule
 from hyena_rtf.distillation import distill_checkpoint
-from hyena_rtf.evaluation import evaluate_ids
-from hyena_rtf.lit_module import HyenaLMModule
 
 from . import decode, quality
 from .report import Report, Table
@@ -47,33 +37,9 @@ MODES = {
     "quick": dict(train="quick", states=(4, 16, 64), positions=(1024, 4096), batches=(1, 8), repeats=10),
     "smoke": dict(train="smoke", states=(4, 8), positions=(40, 80), batches=(1, 2), repeats=2),
 }
+TRAIN = {"quick": quality.QUICK, "smoke": quality.SMOKE}
 L1_STATE = 16  # the l1_montel student's state size (the quick tables use 4/16/64 unconstrained)
-
-
-def train_teacher(cfg: dict, data: LMDataModule, path: Path, seed: int = 0) -> dict:
-    """Train the ``mixer=hyena`` teacher as bench.quality does and save a checkpoint at ``path``."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    data.hparams.seed = seed
-    module = HyenaLMModule(model=quality.model_kwargs(cfg, "hyena", len(data.tokenizer)))
-    module.tokenizer = data.tokenizer  # saved inside the checkpoint, as train.py does
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=cfg["steps"], limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    train_s = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(str(path))
-    return {"train_s": train_s}
-
-
-def _score(path: Path, data: LMDataModule, seq_len: int) -> float:
-    model, _ = load_for_inference(path)
-    result = evaluate_ids(model, data.token_array("test"), "test", seq_len, None, data.meta("test"),
-                          batch_size=16, device="cpu", progress=False)
-    return result.token_ppl
+TEACHER = quality.Run("hyena", 0, quality._lr_wd(3e-3, 0.1))
 
 
 @torch.no_grad()
@@ -92,69 +58,60 @@ def recurrent_vs_parallel(path: Path, tokens, length: int) -> float:
 
 
 def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None) -> Report:
-    """Train (or reuse ``teacher``), distil, score and time; return the report."""
+    """Train (or reuse ``teacher``, a run directory of bench.quality), distil, score and time."""
     settings = MODES[mode]
-    cfg = quality.SIZES[settings["train"]]
-    wiki = quality.find_shared() / quality.WIKITEXT
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    runner = quality.Runner(out / "distill_runs", TRAIN[settings["train"]])
     report = Report("distill", TITLE)
-    with tempfile.TemporaryDirectory(prefix="hyena_rtf_distill_") as tmp:
-        tmp = Path(tmp)
-        data = LMDataModule(
-            corpus="files", train_path=str(wiki / "wiki.valid.raw"), validation_path=str(wiki / "wiki.test.raw"),
-            test_path=str(wiki / "wiki.test.raw"), tokenizer="bpe", vocab_size=cfg["vocab"], seq_len=cfg["seq_len"],
-            batch_size=cfg["batch"], cache_dir=str(tmp / "cache"),
-        )
-        data.prepare_data()
-        train_s = None
-        if teacher is None:
-            teacher = tmp / "teacher" / "checkpoints" / "last.ckpt"
-            train_s = train_teacher(cfg, data, teacher)["train_s"]
-        teacher_ppl = _score(teacher, data, cfg["seq_len"])
-        students = {}
-        for n, constraint in [(n, "none") for n in settings["states"]] + [(L1_STATE, "l1_montel")]:
-            out_dir = tmp / f"student_{n}_{constraint}"
-            summary = distill_checkpoint(teacher, out_dir, state_size=n, constraint=constraint, progress=False)
-            ckpt = Path(summary["checkpoint"])
-            tokens = data.token_array("test")
-            length = min(quality.L_MAX, len(tokens) // 2)
-            students[(n, constraint)] = {**summary, "ppl": _score(ckpt, data, cfg["seq_len"]), "ckpt": ckpt,
-                                         "rec_vs_par": recurrent_vs_parallel(ckpt, tokens, length)}
+    if teacher is None:
+        teacher = Path(runner.results([TEACHER])[TEACHER]["run_dir"])
+    teacher_ckpt = teacher / "checkpoints" / "last.ckpt"
+    teacher_ppl = runner.evaluate(teacher_ckpt, teacher / "eval_test.json")["token_ppl"]
+    t_model, tokenizer = load_for_inference(teacher_ckpt)
+    seq_len = runner.seq_len
+    tokens = np.asarray(tokenizer((runner.wiki / "wiki.test.raw").read_text())["input_ids"][: 4 * t_model.config.max_position_embeddings])
+    students = {}
+    for n, constraint in [(n, "none") for n in settings["states"]] + [(L1_STATE, "l1_montel")]:
+        out_dir = out / "distill_students" / f"student_{n}_{constraint}"
+        summary = distill_checkpoint(teacher_ckpt, out_dir, state_size=n, constraint=constraint, progress=False,
+                                     overwrite=True)
+        ckpt = Path(summary["checkpoint"])
+        scored = runner.evaluate(ckpt, out_dir / "eval_test.json")
+        length = min(t_model.config.max_position_embeddings, len(tokens) // 2)
+        students[(n, constraint)] = {**summary, "ppl": scored["token_ppl"], "ckpt": ckpt,
+                                     "rec_vs_par": recurrent_vs_parallel(ckpt, tokens, length)}
 
-        ppl = Table(
-            "1. Test perplexity of the implicit-filter teacher and its distilled RTF students",
-            ["model", "state size", "constraint", "token ppl", "ppl vs teacher %", "mean rel kernel err",
-             "max rel kernel err", "kernel MSE", "max pole radius", "recurrent vs parallel", "distill s"],
-        )
-        # Perplexity and radius as fixed-precision strings: the differences are in the 4th-6th digit.
-        ppl.add("teacher (mixer=hyena)", None, None, f"{teacher_ppl:.4f}", 0.0, None, None, None, None, None, None)
-        for (n, constraint), s in students.items():
-            layers = s["layers"]
-            ppl.add("student (mixer=hyena_rtf)", n, constraint, f"{s['ppl']:.4f}", 100 * (s["ppl"] / teacher_ppl - 1),
-                    sum(x["rel_err_mean"] for x in layers) / len(layers), max(x["rel_err_max"] for x in layers),
-                    sum(x["mse"] for x in layers) / len(layers),
-                    f"{max(x['max_pole_radius'] for x in layers):.6f}", s["rec_vs_par"], s["distill_s"])
-        ppl.notes.append(
-            f"Teacher: mixer=hyena, D={cfg['hidden']}, {cfg['layers']} layers, l_max {quality.L_MAX}, "
-            f"{cfg['steps']} steps of {cfg['batch']} x {cfg['seq_len']} tokens on wiki.valid.raw"
-            + (f" ({train_s:.0f} s)" if train_s else "") + "; scored on all of wiki.test.raw in "
-            f"{cfg['seq_len']}-token chunks. Every model is loaded back from its checkpoint file."
-        )
-        ppl.notes.append(
-            "Kernel errors are ||k_student - k_teacher|| / ||k_teacher|| per channel over the full "
-            "l_max taps (mean and max over every channel of every layer); MSE is per tap, averaged "
-            "over layers. Radius: largest pole modulus of any channel (must be < 1). 'recurrent vs parallel': "
-            "max |logit difference| / max |logit| between the student's parallel forward and its prefill + "
-            f"steps on 2 x {quality.L_MAX} test tokens (fp32; the recurrence is derived from fp64 taps, the "
-            "parallel kernel is an fp32 spectral division)."
-        )
-        report.parts.append(ppl)
+    ppl = Table(
+        "1. Test perplexity of the implicit-filter teacher and its distilled RTF students",
+        ["model", "state size", "constraint", "token ppl", "ppl vs teacher %", "mean rel kernel err",
+         "max rel kernel err", "kernel MSE", "max pole radius", "recurrent vs parallel", "distill s"],
+    )
+    # Perplexity and radius as fixed-precision strings: the differences are in the 4th-6th digit.
+    ppl.add("teacher (mixer=hyena)", None, None, f"{teacher_ppl:.4f}", 0.0, None, None, None, None, None, None)
+    for (n, constraint), s in students.items():
+        layers = s["layers"]
+        ppl.add("student (mixer=hyena_rtf)", n, constraint, f"{s['ppl']:.4f}", 100 * (s["ppl"] / teacher_ppl - 1),
+                sum(x["rel_err_mean"] for x in layers) / len(layers), max(x["rel_err_max"] for x in layers),
+                sum(x["mse"] for x in layers) / len(layers),
+                f"{max(x['max_pole_radius'] for x in layers):.6f}", s["rec_vs_par"], s["distill_s"])
+    ppl.notes.append(
+        f"Teacher: `python train.py experiment=wikitext_cpu model=hyena_tiny {' '.join(TEACHER.overrides)} "
+        f"{' '.join(TRAIN[settings['train']])}` on wiki.valid.raw; teacher and students scored by evaluate.py on all "
+        f"of wiki.test.raw in {seq_len}-token windows, each loaded back from its checkpoint file."
+    )
+    ppl.notes.append(
+        "Kernel errors are ||k_student - k_teacher|| / ||k_teacher|| per channel over the full "
+        "l_max taps (mean and max over every channel of every layer); MSE is per tap, averaged "
+        "over layers. Radius: largest pole modulus of any channel (must be < 1). 'recurrent vs parallel': "
+        "max |logit difference| / max |logit| between the student's parallel forward and its prefill + "
+        f"steps on 2 x {length} test tokens (fp32; the recurrence is derived from fp64 taps)."
+    )
+    report.parts.append(ppl)
 
-        biggest = students[(max(settings["states"]), "none")]
-        report.parts.append(_decode_table(teacher, biggest["ckpt"], settings, device))
-        (out / "distill.json").write_text(json.dumps(
-            {"teacher_ppl": teacher_ppl, "students": {f"{n}/{c}": {k: v for k, v in s.items() if k != "ckpt"}
-                                                      for (n, c), s in students.items()}}, indent=2, default=str))
+    biggest = students[(max(settings["states"]), "none")]
+    report.parts.append(_decode_table(teacher_ckpt, biggest["ckpt"], settings, device))
+    (out / "distill.json").write_text(json.dumps(
+        {"teacher_ppl": teacher_ppl, "students": {f"{n}/{c}": {k: v for k, v in s.items() if k != "ckpt"}
+                                                  for (n, c), s in students.items()}}, indent=2, default=str))
     return report
 
 

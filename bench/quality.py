@@ -26,8 +26,9 @@ Studies (``--studies``; later ones use the choices of earlier ones):
   for every mixer and ``SEEDS``.
 - ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
 
-Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the exact
-command line, so an interrupted study resumes and a changed setting trains anew.
+Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the resolved
+model, optimizer and data settings of the composed config, the seed and the starting weights, so an
+interrupted study resumes and a changed setting (or a changed preset default) trains anew.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Optional
 
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 
-from .report import Report, Table, header
+from .report import Report, Table, header, machine_info
 from .runfile import RunFile
 
 TITLE = "Perplexity at equal compute on WikiText-2 text: tuned mixers, paired runs"
@@ -62,6 +63,7 @@ LRS = (1.5e-3, 3e-3, 6e-3)
 WDS = (0.05, 0.25)
 STATES = (16, 256)  # besides the preset's 64, at the best cell
 STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
+MAIN_STATE = 64  # the experiment's state size (conf/experiment/wikitext_cpu.yaml via the presets)
 SEEDS = (0, 1, 2)
 SCREEN_RECIPE = {"lr": 3e-3, "wd": 0.1}
 PAPER_RECIPE = {"lr": 1e-3, "wd": 0.25}
@@ -81,8 +83,12 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "xavier + l1_montel + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel",
                                           "model.rtf_decay=[0.3,1.5]"),
     "xavier + none + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=none", "model.rtf_decay=[0.3,1.5]"),
+    "zeros + reflection + graded decay": ("model.rtf_init=zeros", "model.rtf_constraint=reflection",
+                                          "model.rtf_decay=[0.3,1.5]"),
     "montel + reflection + graded decay": ("model.rtf_init=montel", "model.rtf_constraint=reflection",
                                            "model.rtf_decay=[0.3,1.5]"),
+    "graded decay 3x shorter (0.1, 0.5)": ("model.rtf_decay=[0.1,0.5]",),
+    "graded decay 3x longer (0.9, 4.5)": ("model.rtf_decay=[0.9,4.5]",),
     "h0 = 1": ("model.rtf_h0_init=one",),
     "h0 ~ N(0, 1)": ("model.rtf_h0_init=normal",),
     "shared denominators (num_a = 1)": ("model.rtf_num_a=1",),
@@ -143,6 +149,7 @@ class Runner:
         self.out, self.mode_overrides, self.jobs, self.threads = out, tuple(mode_overrides), jobs, threads
         self.wiki = find_shared() / WIKITEXT
         self.store = RunFile(out / "quality_runs.jsonl")
+        self.revision = machine_info()["git"]
         self._lock = threading.Lock()
         self.seq_len = int(next((o.split("=")[1] for o in reversed(self.mode_overrides) if o.startswith("data.seq_len=")), 256))
 
@@ -151,26 +158,66 @@ class Runner:
                 f"data.train_path={self.wiki / 'wiki.valid.raw'}", f"data.test_path={self.wiki / 'wiki.test.raw'}",
                 *self.mode_overrides, *run.overrides, f"hydra.run.dir={run_dir}"]
 
+    def evaluate(self, ckpt: Path, result_file: Path) -> dict:
+        """evaluate.py on all of the test text in ``seq_len`` windows (once; the JSON is kept)."""
+        if not result_file.is_file():
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
+            _call([sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "data=files",
+                   f"data.test_path={self.wiki / 'wiki.test.raw'}", f"context={self.seq_len}", "progress=false",
+                   f"output={result_file}", f"hydra.run.dir={result_file.parent / 'eval'}"], env,
+                  result_file.parent / f"{result_file.stem}_stdout.txt")
+        return json.loads(result_file.read_text())
+
+    def distill(self, teacher: Path, state_size: int) -> Path:
+        """distill.py on ``teacher`` (once; kept beside the runs): the student's checkpoint."""
+        out = self.out / "distilled" / f"{teacher.parent.parent.name}_n{state_size}"
+        target = out / "checkpoints" / "last.ckpt"
+        if not target.is_file():
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads * self.jobs)}
+            _call([sys.executable, "distill.py", f"ckpt_path={teacher}", f"state_size={state_size}", "constraint=none",
+                   f"out_dir={out}", "evaluate=false", "progress=false", "overwrite=true", f"hydra.run.dir={out / 'log'}"],
+                  env, out / "distill_stdout.txt")
+        return target
+
     def key(self, run: Run) -> str:
-        return json.dumps([run.mixer, run.seed, list(self.mode_overrides), list(run.overrides)])
+        """What decides a run's result: the resolved model, optimizer, data and step settings of its
+        composed config (so a changed preset or default trains anew), its seed and starting weights."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        cmd = self.command(run, Path("unused"))
+        overrides = [o for o in cmd[2:] if not o.startswith("hydra.")]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        decided = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "optim", "data")}
+        decided["trainer"] = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "limit_val_batches",
+                                                              "gradient_clip_val", "accumulate_grad_batches", "precision")}
+        decided.update(seed=cfg.seed, init_from=cfg.get("init_from"), mixer=run.mixer)
+        return json.dumps(decided, sort_keys=True)
 
     def results(self, runs: list[Run]) -> dict[Run, dict]:
         """Results of ``runs`` (trained now unless stored), in parallel; the first new run alone,
         so that it builds the shared token cache before the others read it."""
-        todo = [r for r in dict.fromkeys(runs) if self.key(r) not in self.store.done]
+        keys = {r: self.key(r) for r in dict.fromkeys(runs)}
+        todo = [r for r, k in keys.items() if k not in self.store.done]
+        data = json.dumps(json.loads(keys[runs[0]])["data"], sort_keys=True) if runs else ""
+        cached = any(json.dumps(json.loads(k)["data"], sort_keys=True) == data for k in self.store.done)
+        if todo and not cached:  # the first run of these data options builds the token cache alone
+            self._one(todo.pop(0), keys)
         if todo:
-            self._one(todo[0])
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                list(pool.map(self._one, todo[1:]))
-        return {r: self.store.done[self.key(r)] for r in runs}
+                list(pool.map(lambda r: self._one(r, keys), todo))
+        return {r: self.store.done[keys[r]] for r in runs}
 
-    def _one(self, run: Run) -> None:
+    def _one(self, run: Run, keys: dict) -> None:
         result = self._train_and_score(run)
         with self._lock:  # one writer of the run file at a time
-            self.store.get(self.key(run), lambda: result)
+            self.store.get(keys[run], lambda: result)
 
     def _train_and_score(self, run: Run) -> dict:
-        slug = hashlib.sha1(self.key(run).encode()).hexdigest()[:12]
+        slug = hashlib.sha1(json.dumps([run.mixer, run.seed, self.mode_overrides, run.overrides]).encode()).hexdigest()[:12]
         run_dir = self.out / "runs" / f"{run.mixer}_s{run.seed}_{slug}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a partial run from an interrupted study
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
@@ -178,18 +225,14 @@ class Runner:
         start = time.perf_counter()
         _call(self.command(run, run_dir), env, run_dir / "train_stdout.txt")
         train_s = time.perf_counter() - start
-        result_file = run_dir / "eval_test.json"
-        _call([sys.executable, "evaluate.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=files",
-               f"data.test_path={self.wiki / 'wiki.test.raw'}", f"context={self.seq_len}", "progress=false",
-               f"output={result_file}", f"hydra.run.dir={run_dir / 'eval'}"], env, run_dir / "eval_stdout.txt")
-        test = json.loads(result_file.read_text())
+        test = self.evaluate(run_dir / "checkpoints" / "last.ckpt", run_dir / "eval_test.json")
         metrics = read_metrics(run_dir / "csv" / "metrics.csv")
         curve = metrics.get("val/loss", [])
         return dict(
             test_ppl=test["token_ppl"], test_word_ppl=test["word_ppl"], val_loss=curve[-1][1] if curve else None,
             val_curve=curve, max_pole_radius=_last(metrics, "stability/max_pole_radius"),
             kernel_shift=_last(metrics, "filters/kernel_shift"), train_s=train_s, load=load, run_dir=str(run_dir),
-            command=" ".join(self.command(run, run_dir)[1:]),
+            command=" ".join(self.command(run, run_dir)[1:]), git=self.revision,
         )
 
 
@@ -286,6 +329,14 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
     if "ablation" in studies:
         base = best["hyena_rtf"].overrides
         runs = {name: Run("hyena_rtf", 0, _variant(name, base)) for name in VARIANTS}
+        # Upper reference: start from the best implicit model distilled into RTFs (constraint none),
+        # then train on at RTF's recipe; and how much the implicit model's own filters are worth.
+        teacher = Path(runner.results([best["hyena"]])[best["hyena"]]["run_dir"])
+        student = runner.distill(teacher / "checkpoints" / "last.ckpt", MAIN_STATE)
+        runs["init from the distilled implicit model (constraint none)"] = Run(
+            "hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={MAIN_STATE}", f"init_from={student}"))
+        runs["implicit hyena at its best cell (reference)"] = best["hyena"]
+        runs["implicit hyena, filters frozen (reference)"] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
         res = runner.results(list(runs.values()))
         everything.update(res)
         table = Table(f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)",

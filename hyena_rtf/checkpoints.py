@@ -13,7 +13,8 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_ckpt_path", "is_intact", "load_for_inference", "load_checkpoint_dict"]
+__all__ = ["resolve_ckpt_path", "is_intact", "load_for_inference", "load_checkpoint_dict", "check_init_from",
+           "load_initial_weights"]
 
 
 def is_intact(path: Path) -> bool:
@@ -126,3 +127,62 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
     if "tokenizer_json" in ckpt:
         tokenizer = tokenizer_from_json(ckpt["tokenizer_json"], ckpt.get("tokenizer_special"))
     return model.to(device).eval(), tokenizer
+
+
+# Model options that only decide a fresh initialisation or a rate (no weight shapes, no function of
+# the weights): a run may start from a checkpoint that had other values.
+_INIT_ONLY = ("rtf_init", "rtf_h0_init", "rtf_decay", "initializer_range", "embed_dropout", "resid_dropout",
+              "mixer_dropout", "filter_dropout", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _saved_model_config(path: Path) -> dict:
+    if path.is_dir():
+        import json
+
+        if not (path / "config.json").is_file():
+            raise UserError(f"init_from={path} is a directory without config.json; pass a .ckpt file or an exported model")
+        return json.loads((path / "config.json").read_text())
+    ckpt = load_checkpoint_dict(path)
+    hparams = ckpt.get("hyper_parameters", {})
+    if "model" not in hparams or "state_dict" not in ckpt:
+        raise UserError(f"init_from={path} is not a hyena_rtf training checkpoint (no model hyperparameters)")
+    return dict(hparams["model"])
+
+
+def check_init_from(path: str | Path, model_cfg: dict) -> None:
+    """Refuse, before any data work, a starting checkpoint whose model differs from ``model_cfg``
+    (the run's ``model`` group) in anything but initialisation-only options and dropout rates.
+
+    Loading weights into a model built with another option would change their meaning silently
+    (e.g. RTF denominators of ``rtf_constraint=none`` read as reflection parameters).
+    """
+    from .modeling.configuration_hyena_rtf import HyenaRTFConfig
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"init_from={path} not found; pass a .ckpt file of this project or an exported model directory")
+    saved = HyenaRTFConfig(**{k: v for k, v in _saved_model_config(path).items() if k in HyenaRTFConfig().to_dict()})
+    given = {k: v for k, v in model_cfg.items() if k != "_target_" and not (k == "vocab_size" and v in (None, "auto"))}
+    mine = HyenaRTFConfig(**given).to_dict()
+    theirs = saved.to_dict()
+    for key in sorted(set(mine) & set(theirs)):
+        if key in _INIT_ONLY or (key == "vocab_size" and "vocab_size" not in given):
+            continue
+        if mine[key] != theirs[key]:
+            raise UserError(
+                f"init_from={path} holds a model with {key}={theirs[key]!r}, this run builds {key}={mine[key]!r}; "
+                f"set model.{key}={theirs[key]} to start from it"
+            )
+
+
+def load_initial_weights(net, path: str | Path, tokenizer=None) -> None:
+    """Copy the weights of ``path`` (checked by :func:`check_init_from`) into ``net``; the
+    checkpoint's tokenizer, when it has one, must be the run's."""
+    model, saved_tokenizer = load_for_inference(path)
+    if tokenizer is not None and saved_tokenizer is not None:
+        if saved_tokenizer.backend_tokenizer.to_str() != tokenizer.backend_tokenizer.to_str():
+            raise UserError(f"init_from={path} was trained with another tokenizer than this run's data; use the same data options")
+    try:
+        net.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        raise UserError(f"init_from={path} does not fit this model ({str(e).splitlines()[-1].strip()[:160]})") from None

@@ -229,6 +229,8 @@ def _map_rtf(args: dict, layer: dict, sm: SafariModel, shapes: dict, where: str)
     if constraint not in ("no", None, "l1_montel"):
         raise _fail(where, "layer.filter_args.constraint", f"={constraint!r}; only 'no' and 'l1_montel' exist there")
     cfg["rtf_constraint"] = "l1_montel" if constraint == "l1_montel" else "none"
+    # The weights are loaded over the initialisation; these options only describe that init.
+    cfg.update(rtf_init="xavier", rtf_h0_init=None, rtf_decay=None)
     for key, value in list(args.items()):
         if key in _RTF_FIXED:
             if value != _RTF_FIXED[key]:

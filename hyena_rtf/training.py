@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import resolve_ckpt_path
+from .checkpoints import check_init_from, load_initial_weights, resolve_ckpt_path
 from .errors import UserError
 from .lit_module import HyenaLMModule
 from .metrics import unigram_ppl
@@ -173,6 +173,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
     check_resume(cfg, ckpt_path)
+    init_from = cfg.get("init_from")
+    if init_from:
+        if ckpt_path:
+            raise UserError("pass either ckpt_path (resume a run) or init_from (start a new run from weights), not both")
+        check_init_from(init_from, OmegaConf.to_container(cfg.model, resolve=True))
 
     datamodule = instantiate(cfg.data)
     run_test = bool(cfg.get("test", False))
@@ -191,6 +196,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = datamodule.tokenizer
     module = build_module(cfg, vocab_size=len(tokenizer))
     module.tokenizer = tokenizer
+    if init_from:
+        load_initial_weights(module.net, init_from, tokenizer)
+        log.info(f"starting from the weights of {init_from}")
     tokenizer.save_pretrained(str(output_dir / "tokenizer"))
 
     callbacks = instantiate_dict_list(cfg.get("callbacks"))

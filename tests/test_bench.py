@@ -304,7 +304,7 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
     report = distill.run("smoke", torch.device("cpu"), tmp_path)
-    vocab = distill.quality.SIZES["smoke"]["vocab"]
+    vocab = 300  # data.vocab_size of the smoke overrides
     ppl = next(p for p in report.parts if isinstance(p, Table) and p.title.startswith("1."))
     assert ppl.column("state size") == [None, *distill.MODES["smoke"]["states"], distill.L1_STATE]
     assert all(1 < float(p) < 2 * vocab for p in ppl.column("token ppl"))
@@ -315,8 +315,11 @@ def test_distill_smoke_mode_tables(tmp_path, monkeypatch):
     settings = distill.MODES["smoke"]
     assert len(dec.rows) == 2 * len(settings["batches"]) * len(settings["positions"])
     assert all(v > 0 for v in dec.column("ms / token"))
-    saved = (tmp_path / "distill.json").read_text()
-    assert "teacher_ppl" in saved
+    saved = json.loads((tmp_path / "distill.json").read_text())
+    # The teacher's number is evaluate.py's, read back from its JSON beside the run.
+    teacher_run = Path(next(iter(json.loads(l)["result"] for l in (tmp_path / "distill_runs" / "quality_runs.jsonl").open()))["run_dir"])
+    assert saved["teacher_ppl"] == json.loads((teacher_run / "eval_test.json").read_text())["token_ppl"]
+    assert float(ppl.column("token ppl")[0]) == pytest.approx(saved["teacher_ppl"], rel=1e-4)
 
 
 @pytest.mark.slow

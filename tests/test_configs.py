@@ -109,11 +109,11 @@ def test_experiments_compose(name, tmp_path):
 
 
 def test_wt103_experiment_is_the_paper_recipe(tmp_path):
-    cfg = compose_cfg("train", ["experiment=wt103_hyena_rtf"], tmp_path, return_hydra=False)
+    cfg = compose_cfg("train", ["experiment=wt103_hyena_rtf_paper"], tmp_path, return_hydra=False)
     m, o, t, d = cfg.model, cfg.optim, cfg.trainer, cfg.data
     assert (m.hidden_size, m.num_hidden_layers, m.intermediate_size) == (768, 12, 3072)
     assert (m.max_position_embeddings, m.hyena_order, m.state_size, m.output_rank) == (1024, 2, 64, 384)
-    assert (m.rtf_init, m.rtf_constraint, m.get("rtf_num_a")) == ("xavier", "l1_montel", None)
+    assert (m.rtf_init, m.rtf_constraint, m.get("rtf_num_a"), m.rtf_decay) == ("xavier", "l1_montel", None, None)
     assert (m.embed_dropout, m.resid_dropout, m.mixer_dropout) == (0.25, 0.25, 0.25)
     assert m.tie_word_embeddings and m.residual_in_fp32 and m.pad_vocab_size_multiple == 8
     assert (d.corpus, d.tokenizer, d.seq_len) == ("wikitext103", "gpt2", 1024)
@@ -127,6 +127,12 @@ def test_wt103_experiment_is_the_paper_recipe(tmp_path):
     with torch.device("meta"):
         model = HyenaRTFForCausalLM(HyenaRTFConfig(**model_cfg))
     assert sum(p.numel() for p in model.parameters()) == 124_981_248  # the paper's ~124.98M
+    # The project's recipe is the same but for the filter: reflection constraint and graded decay.
+    ours = compose_cfg("train", ["experiment=wt103_hyena_rtf"], tmp_path, return_hydra=False)
+    differ = {k for k in set(ours.model) | set(m) if ours.model.get(k) != m.get(k)}
+    assert differ == {"rtf_constraint", "rtf_decay"}
+    assert (ours.model.rtf_constraint, list(ours.model.rtf_decay)) == ("reflection", [0.3, 1.5])
+    assert OmegaConf.to_container(ours.optim) == OmegaConf.to_container(o) and ours.seed == cfg.seed
 
 
 def test_default_run_is_the_quickstart(tmp_path):

@@ -153,3 +153,41 @@ def test_metrics_against_hand_computation():
     assert abs(unigram_ppl(np.array([0, 0, 1]), np.array([0, 1, 3]), 4) - ref) < 1e-12
     with pytest.raises(ValueError, match="tokens"):
         perplexity(1.0, 0)
+
+
+def test_validation_fraction_holds_out_whole_articles_at_the_end(tmp_path, wikitext_dir, valid_text):
+    """data.validation_fraction: the last ~10% of the train file, cut at an article heading, is the
+    validation split; train + validation is exactly the file; nothing of the test file is used."""
+    from hyena_rtf.datamodule import LMDataModule
+
+    corpus = load_corpus("files", train_path=str(wikitext_dir / "wiki.valid.raw"), validation_fraction=0.1)
+    train, validation = corpus.text("train"), corpus.text("validation")
+    assert train + validation == valid_text
+    assert 0.08 < len(validation) / len(valid_text) < 0.12
+    assert validation.startswith(" = ") and not validation.startswith(" = = ")  # a level-1 heading
+    assert train.endswith("\n")
+    other = load_corpus("files", train_path=str(wikitext_dir / "wiki.valid.raw"), validation_fraction=0.2)
+    assert other.key() != corpus.key()  # the cut is part of the cache key
+    dm = LMDataModule(corpus="files", train_path=str(wikitext_dir / "wiki.valid.raw"), validation_fraction=0.1,
+                      test_path=str(wikitext_dir / "wiki.test.raw"), vocab_size=300, seq_len=64, cache_dir=str(tmp_path))
+    assert dm.available_splits() == ("train", "validation", "test")
+    dm.check(["train", "validation", "test"])
+    dm.prepare_data()
+    assert dm.meta("validation")["words"] == len(validation.split())
+    assert dm.meta("train")["words"] == len(train.split())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(validation_fraction=1.5), "in \\(0, 1\\)"),
+    (dict(validation_fraction=0.1, validation_path="VALID"), "leave data.validation_path null"),
+    (dict(validation_fraction=0.1, train_path=None, test_path="TRAIN"), "set data.train_path"),
+])
+def test_validation_fraction_errors(tmp_path, kwargs, match):
+    path = tmp_path / "t.txt"
+    path.write_text("a b c\n" * 100)
+    args = dict(train_path=str(path))
+    args.update({k: (str(path) if v in ("VALID", "TRAIN") else v) for k, v in kwargs.items()})
+    with pytest.raises(UserError, match=match):
+        load_corpus("files", **args)
+    with pytest.raises(UserError, match="data=files only"):
+        load_corpus("shakespeare", validation_fraction=0.1)

@@ -91,11 +91,12 @@ def test_parameter_counts_of_the_125m_presets():
     Per block, D=768, d_inner=3072, rank 384: MLP 4,722,432; two LayerNorms 3,072.
     Hyena mixers: in_proj 768*2304+2304 = 1,771,776; short conv 2304*3+2304 = 9,216; RMSNorm 768;
     mimo_proj 768*384+384 = 295,296; out_proj 384*768+768 = 295,680.
-    RTF filter: a 768x64 + b 768x64 + h0 768 + montel scale 768 = 99,840.
+    RTF filter: a 768x64 + b 768x64 + h0 768 = 99,072 (the default reflection constraint), plus a
+    montel scale 768 = 99,840 with the paper's l1_montel.
     Implicit filter (width 64, emb_dim 3, 3 sine layers with their own frequencies): positions
     1024*3 + MLP (3*64+64) + 2*(64*64+64) + 64*768 + sines 3*64 + skip 768 = 61,760.
     S4D filter (state 64 = 32 complex modes): log dt 768 + A (real, imag) 2*768*32 + C (complex)
-    2*768*32 + D 768 = 99,840, the same as RTF.
+    2*768*32 + D 768 = 99,840, the same as the paper's RTF.
     Attention: qkv 768*2304+2304 = 1,771,776; out_proj 590,592.
     Embedding 50264*768 = 38,602,752 (tied head); final LN 1,536; learned positions 1024*768.
     """
@@ -103,7 +104,7 @@ def test_parameter_counts_of_the_125m_presets():
     hyena_common = 1_771_776 + 9_216 + 768 + 295_296 + 295_680 + mlp_ln
     embed = 38_602_752 + 1_536
     expected = {
-        "hyena_rtf-125m": 12 * (hyena_common + 99_840) + embed,
+        "hyena_rtf-125m": 12 * (hyena_common + 99_072) + embed,
         "hyena-125m": 12 * (hyena_common + 61_760) + embed,
         "hyena_s4d-125m": 12 * (hyena_common + 99_840) + embed,
         "attention-125m": 12 * (1_771_776 + 590_592 + mlp_ln) + embed + 1024 * 768,
@@ -112,7 +113,9 @@ def test_parameter_counts_of_the_125m_presets():
         model, n = _count(name)
         print(f"{name}: {n:,} parameters")
         assert n == n_expected, name
-    assert expected["hyena_rtf-125m"] == 124_981_248  # the paper's ~124.98M
+    with torch.device("meta"):
+        paper = HyenaRTFForCausalLM(preset_config("hyena_rtf-125m", rtf_constraint="l1_montel", rtf_decay=None))
+    assert sum(p.numel() for p in paper.parameters()) == 12 * (hyena_common + 99_840) + embed == 124_981_248  # ~124.98M
     # GPT-2 small has 124,439,808 parameters with the unpadded 50257-row embedding.
     assert expected["attention-125m"] == 124_439_808 + 7 * 768
     rtf = [m for m in _count("hyena_rtf-125m")[0].modules() if isinstance(m, RTF)]
@@ -296,3 +299,54 @@ def test_flop_count_charges_the_s4d_kernel_per_mode_and_rtf_nothing_per_state():
     filters = cfg.num_hidden_layers * (cfg.hyena_order - 1)
     # by hand: 8 FLOPs per complex mode and tap, (64 - 16) / 2 more modes, 128 taps over 128 tokens
     assert s64 - s16 == pytest.approx(filters * 8 * cfg.hidden_size * (64 - 16) / 2 * 128 / 128)
+
+
+# ---------------------------------------------------------------------------- paired initialisation
+@pytest.mark.parametrize("other", [
+    dict(mixer="hyena"),
+    dict(mixer="hyena_s4d"),
+    dict(mixer="hyena_rtf", rtf_init="zeros", rtf_constraint="reflection", rtf_decay=[0.3, 1.5], state_size=4),
+    dict(mixer="hyena_rtf", hyena_order=2, rtf_num_a=1, rtf_h0_init="one"),
+])
+def test_models_that_differ_in_their_filters_share_every_other_initial_weight(other):
+    """One seed, two filter choices: identical embeddings, projections, short convolutions, heads
+    and MLPs (the filters draw from their own generators), so a comparison between them is paired."""
+    def build(**kw):
+        torch.manual_seed(123)
+        cfg = dict(vocab_size=61, max_position_embeddings=32, num_hidden_layers=2, state_size=8)
+        return HyenaRTFForCausalLM(preset_config(f"{kw.pop('mixer')}-tiny", **{**cfg, **kw}))
+
+    base = dict(build(mixer="hyena_rtf").named_parameters())
+    model = build(**other)
+    shared = [(n, p) for n, p in model.named_parameters() if ".filters." not in n]
+    assert len(shared) == len([n for n in base if ".filters." not in n]) > 10
+    for name, p in shared:
+        assert torch.equal(p, base[name]), name
+    # The filters themselves did draw random numbers (and different ones per layer).
+    f0, f1 = (model.model.layers[i].mixer.filters[0] for i in (0, 1))
+    assert f0.init_seed != f1.init_seed
+    # A different seed changes the shared weights: the check above can fail.
+    torch.manual_seed(124)
+    other_seed = HyenaRTFForCausalLM(preset_config("hyena_rtf-tiny", vocab_size=61, max_position_embeddings=32,
+                                                   num_hidden_layers=2, state_size=8))
+    assert not torch.equal(dict(other_seed.named_parameters())["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_implicit_filter_mlp_keeps_the_gpt2_init_scale():
+    model = tiny("hyena", initializer_range=0.02)
+    f = model.model.layers[0].mixer.filters[0]
+    linears = [m for m in f.mlp if isinstance(m, torch.nn.Linear)]
+    for lin in linears:
+        assert abs(lin.weight.std().item() - 0.02) < 0.005
+        if lin.bias is not None:
+            assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+
+
+def test_pole_learning_rate_group():
+    model = tiny("hyena_rtf")
+    groups = {g["name"]: g for g in model.param_groups(weight_decay=0.1, filter_lr=1e-3, filter_pole_lr=5e-3)}
+    poles = {id(p) for m in model.modules() if isinstance(m, RTF) for p in m.pole_parameters()}
+    assert {id(p) for p in groups["filter_poles"]["params"]} == poles and groups["filter_poles"]["lr"] == 5e-3
+    assert not poles & {id(p) for p in groups["filter"]["params"]}
+    without = {g["name"] for g in model.param_groups(weight_decay=0.1, filter_lr=1e-3)}
+    assert "filter_poles" not in without

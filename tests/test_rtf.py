@@ -6,6 +6,7 @@ import scipy.signal as ss
 import torch
 
 from hyena_rtf.modeling.fftconv import direct_conv
+from hyena_rtf.modeling.reflection import denominator_to_reflection, raw_from_reflection
 from hyena_rtf.modeling.rtf import RTF, inverse_impulse_response
 
 
@@ -109,7 +110,10 @@ def trained_style(init, constraint, dtype, slow_poles=False, d_model=12, N=8, L=
         if slow_poles:
             rng = np.random.default_rng(3)
             for i in range(f.a_raw.shape[0]):
-                f.a_raw[i] = torch.from_numpy(random_poles_den(rng, N, 0.995)[1:])
+                a = torch.from_numpy(random_poles_den(rng, N, 0.995)[1:])
+                if constraint == "reflection":  # the same denominator through its reflection coefficients
+                    a = raw_from_reflection(denominator_to_reflection(a.unsqueeze(0)))[0]
+                f.a_raw[i] = a
     return f
 
 
@@ -119,6 +123,9 @@ CASES = [
     ("zeros", "none", False, None),
     ("xavier", "none", True, None),  # poles at radius 0.995: A^L is far from negligible
     ("montel", "none", True, 4),
+    ("zeros", "reflection", False, None),
+    ("xavier", "reflection", True, None),
+    ("montel", "reflection", False, 4),
 ]
 
 

@@ -11,6 +11,8 @@ length ``l_max`` and therefore the context length of parallel mode.
 
 from __future__ import annotations
 
+from dataclasses import field
+
 from transformers import PreTrainedConfig
 
 from .filters import FILTERS, MIXER_FILTERS
@@ -19,6 +21,8 @@ from .long_filter import ConfigCheck
 __all__ = ["HyenaRTFConfig", "MIXERS"]
 
 MIXERS = (*MIXER_FILTERS, "attention")
+# Fields whose default changed between releases (or may): saved explicitly in every config.json.
+_ALWAYS_SAVED = ("mixer", "rtf_constraint", "rtf_init", "rtf_decay", "rtf_h0_init")
 _POSITION_TYPES = ("learned", "rotary")
 
 
@@ -98,9 +102,9 @@ class HyenaRTFConfig(PreTrainedConfig):
     state_size: int = 64
     rtf_num_a: int | None = None
     rtf_init: str = "xavier"
-    rtf_constraint: str = "l1_montel"
+    rtf_constraint: str = "reflection"
     rtf_h0_init: str | None = None
-    rtf_decay: list[float] | None = None
+    rtf_decay: list[float] | None = field(default_factory=lambda: [0.3, 1.5])
     filter_dropout: float = 0.0
     implicit_filter_order: int = 64
     implicit_emb_dim: int = 3
@@ -132,6 +136,19 @@ class HyenaRTFConfig(PreTrainedConfig):
             self.intermediate_size = 4 * self.hidden_size
         super().__post_init__(**kwargs)
         self.check_values()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Read a saved config. A config.json saved before ``rtf_constraint`` defaulted to
+        ``"reflection"`` omitted it when it was the then-default ``"l1_montel"`` (transformers saves
+        the difference from the defaults); such a file still means l1_montel."""
+        if config_dict.get("model_type", cls.model_type) == cls.model_type and "rtf_constraint" not in config_dict:
+            config_dict = {**config_dict, "rtf_constraint": "l1_montel", "rtf_decay": None}
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_diff_dict(self) -> dict:
+        # Always written, defaults or not, so that a saved model keeps its meaning if a default changes.
+        return {**super().to_diff_dict(), **{k: getattr(self, k) for k in _ALWAYS_SAVED}}
 
     @property
     def padded_vocab_size(self) -> int:

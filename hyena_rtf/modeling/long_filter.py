@@ -30,7 +30,19 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LongFilter", "ConfigCheck", "build_filter"]
+__all__ = ["LongFilter", "ConfigCheck", "build_filter", "prepare_parallel"]
+
+
+def prepare_parallel(model: nn.Module) -> None:
+    """Let each long-filter class prepare, in one batch, what all its filters in ``model`` need for
+    the next parallel forward (``LongFilter.prepare_batch``): a model calls this once per forward
+    instead of every filter doing its own small sequential work."""
+    by_class: dict[type, list] = {}
+    for m in model.modules():
+        if isinstance(m, LongFilter):
+            by_class.setdefault(type(m), []).append(m)
+    for cls, filters in by_class.items():
+        cls.prepare_batch(filters)
 
 
 def build_filter(cls: type["LongFilter"], *args, **kwargs) -> "LongFilter":
@@ -139,6 +151,11 @@ class LongFilter(nn.Module):
         """The parameters that place the filter's poles (an optimizer may treat them apart);
         empty for filters without explicit poles."""
         return []
+
+    @classmethod
+    def prepare_batch(cls, filters: list["LongFilter"]) -> None:
+        """Precompute, for all ``filters`` of this class at once, what their next parallel forward
+        needs (see :func:`prepare_parallel`); the default does nothing."""
 
     # ------------------------------------------------------------------ config seam
     @classmethod

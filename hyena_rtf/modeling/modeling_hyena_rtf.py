@@ -57,7 +57,7 @@ from .cache import HyenaCache, RecomputeCache
 from .configuration_hyena_rtf import HyenaRTFConfig
 from .filters import MIXER_FILTERS, filter_class
 from .hyena import HyenaOperator
-from .long_filter import LongFilter
+from .long_filter import LongFilter, prepare_parallel
 
 __all__ = [
     "CACHE_FIELD",
@@ -259,6 +259,10 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         x = self.embed_dropout(x)
         if self.config.residual_in_fp32:
             x = x.float()
+        if mode == "parallel" and not (self.gradient_checkpointing and self.training):
+            # Per-forward filter work batched over all layers (not under activation checkpointing,
+            # whose recomputation must see each block compute exactly what it computed before).
+            prepare_parallel(self)
         hiddens = [x] if collect else None
         new_states = []
         for i, block in enumerate(self.layers):

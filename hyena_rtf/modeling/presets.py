@@ -1,18 +1,22 @@
 """Named model sizes for each mixer, as HyenaRTFConfig keyword arguments.
 
 ``<mixer>-125m`` is the paper's WikiText-103 setting (RTF paper Table 13 and its code): D=768,
-12 layers, l_max 1024, order 2, RTF state 64 with xavier init and the l1_montel constraint,
-low-rank output head of rank 384, dropout 0.25 on embeddings, residual branches and the mixer,
-GPT-2 vocabulary padded to 50264, tied embeddings. The 125m presets differ only in the mixer, so
-a perplexity or speed table compares mixers and nothing else:
+12 layers, l_max 1024, order 2, RTF state 64, low-rank output head of rank 384, dropout 0.25 on
+embeddings, residual branches and the mixer, GPT-2 vocabulary padded to 50264, tied embeddings.
+The RTF filters use this project's defaults (xavier numerator, reflection constraint, graded
+decay; BENCHMARKS.md section 4); the paper's xavier + l1_montel is
+``preset_config("hyena_rtf-125m", rtf_constraint="l1_montel", rtf_decay=None)`` (and
+``experiment=wt103_hyena_rtf_paper``). The 125m presets differ only in the mixer, so a perplexity
+or speed table compares mixers and nothing else:
 
-- ``hyena_rtf-125m``: 124,981,248 parameters, the paper's ~124.98M exactly.
+- ``hyena_rtf-125m``: 124,972,032 parameters; with the paper's l1_montel (one scale per
+  denominator) 124,981,248, the paper's ~124.98M exactly.
 - ``hyena-125m``: the implicit filter of width 64 (safari's default) with the same low-rank head
   (the RTF repository's own Hyena baseline shares that head but, through a commented-out argument,
   ends up with width 16; its operator dropout is 0 where this preset keeps 0.25 for equality).
 - ``hyena_s4d-125m``: diagonal SSM filters of state size 64 (32 complex conjugate pairs),
-  S4D-Lin init, step sizes log-uniform in [1e-3, 1e-1]: 124,981,248 parameters, like RTF (per
-  channel: dt 1 + A 2*32 + C 2*32 + D 1 = 130 = RTF's a 64 + b 64 + h0 1 + scale 1).
+  S4D-Lin init, step sizes log-uniform in [1e-3, 1e-1]: 124,981,248 parameters, like the paper's
+  RTF (per channel: dt 1 + A 2*32 + C 2*32 + D 1 = 130 = RTF's a 64 + b 64 + h0 1 + scale 1).
 - ``attention-125m``: GPT-2-small style attention (12 heads, learned absolute positions).
 
 ``small`` (D=256, 4 layers, l_max 512) trains on a CPU in minutes; ``tiny`` (D=64, 2 layers,
@@ -71,10 +75,10 @@ _COMMON = dict(
     hyena_order=2,
     short_filter_order=3,
     rtf_init="xavier",
-    rtf_constraint="l1_montel",
+    rtf_constraint="reflection",
     rtf_num_a=None,
     rtf_h0_init=None,
-    rtf_decay=None,
+    rtf_decay=[0.3, 1.5],
     implicit_filter_order=64,
     implicit_emb_dim=3,
     position_embedding_type="learned",

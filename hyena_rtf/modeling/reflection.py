@@ -12,6 +12,11 @@ filter and every stable monic polynomial has a ``raw`` (the map is a bijection b
 the stable region), unlike the l1 (Montel) constraint, which reaches only the polynomials with
 sum |a_i| < 1. ``raw = 0`` gives ``a = 0``: the impulse initialisation H(z) = h0.
 
+Floating point: the coefficients ``a`` of a high-order polynomial with many roots near the circle
+are badly conditioned (N = 64 with all |k| near 1 gives (1 +- z^-1)^64-like coefficients up to
+1e18), so the RTF filter derives ``a`` and its spectrum in fp64 and computes poles from ``k``
+directly (:func:`reflection_poles`), not by rooting ``a``.
+
 Costs O(N^2) per denominator, independent of the kernel length; the recursion has a hand-written
 backward (the autograd graph of N small steps costs more than the arithmetic on a CPU).
 ``statsmodels.tsa.statespace.tools.constrain_stationary_univariate`` implements the same map
@@ -22,9 +27,32 @@ it as the independent reference.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["reflection_to_denominator", "denominator_to_reflection", "step_up_reference"]
+__all__ = [
+    "K_MAX",
+    "reflection_coefficients",
+    "raw_from_reflection",
+    "reflection_to_denominator",
+    "denominator_to_reflection",
+    "reflection_poles",
+    "step_up_reference",
+]
+
+# |k| < 1 keeps every pole inside the circle; tanh of a large parameter rounds to exactly 1 (in
+# fp64 from |x| ~ 19), which would put a pole on it, hence the factor just below one.
+K_MAX = 1.0 - 1e-6
+
+
+def reflection_coefficients(raw: Tensor) -> Tensor:
+    """Reflection coefficients ``K_MAX * tanh(raw)``: strictly inside (-1, 1) for any real ``raw``."""
+    return K_MAX * torch.tanh(raw)
+
+
+def raw_from_reflection(k: Tensor) -> Tensor:
+    """Inverse of :func:`reflection_coefficients` (|k| must be below ``K_MAX``)."""
+    return torch.atanh(k / K_MAX)
 
 
 def step_up_reference(k: Tensor) -> Tensor:
@@ -37,38 +65,40 @@ def step_up_reference(k: Tensor) -> Tensor:
 
 
 class _StepUp(torch.autograd.Function):
-    """Step-up recursion with a hand-written reverse pass (see the module docstring)."""
+    """Step-up recursion with a hand-written reverse pass (see the module docstring).
+
+    Order m touches only the first m coefficients, so each step works on an (m, R) slice: O(R N^2)
+    arithmetic and memory traffic in all, which matters when R is every channel of a large model.
+    Coefficients run along dimension 0 so that those slices are contiguous.
+    """
 
     @staticmethod
     def forward(ctx, k: Tensor) -> Tensor:
         R, N = k.shape
-        history = k.new_zeros(N, R, N)  # history[m, :, :m] = a^(m) (orders 0..N-1)
-        a = k.new_zeros(R, N)
+        kt = k.t().contiguous()  # (N, R)
+        hist = k.new_empty(N + 1, N, R)  # hist[m, :m] = a^(m), the polynomial of order m
         for m in range(N):
-            history[m] = a
-            km = k[:, m : m + 1]  # (R, 1)
-            prev = a[:, :m]
-            a = a.clone()
-            a[:, :m] = prev + km * prev.flip(-1)
-            a[:, m] = k[:, m]
-        ctx.save_for_backward(k, history)
-        return a
+            prev = hist[m, :m]  # (m, R)
+            torch.addcmul(prev, kt[m], prev.flip(0), out=hist[m + 1, :m])
+            hist[m + 1, m] = kt[m]
+        ctx.save_for_backward(k, hist)
+        return hist[N].t().contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        k, history = ctx.saved_tensors
+        k, hist = ctx.saved_tensors
         N = k.shape[1]
         if torch.is_grad_enabled():  # double backward: differentiate the plain recursion instead
             with torch.enable_grad():
                 return torch.autograd.grad(step_up_reference(k), k, grad, create_graph=True)
-        g = grad.clone()  # (R, N): gradient w.r.t. a^(m) on its first m entries
-        grad_k = torch.empty_like(k)
+        kt = k.t().contiguous()  # (N, R)
+        g = grad.t().contiguous()  # (N, R): gradient w.r.t. a^(m+1) in its first m+1 rows
+        grad_k = torch.empty_like(kt)
         for m in range(N - 1, -1, -1):
-            prev = history[m, :, :m]  # a^(m-1) in the docstring's numbering: (R, m)
-            gm = g[:, :m]
-            grad_k[:, m] = g[:, m] + (gm * prev.flip(-1)).sum(-1)
-            g[:, :m] = gm + k[:, m : m + 1] * gm.flip(-1)
-        return grad_k
+            gm = g[:m]  # (m, R)
+            grad_k[m] = g[m] + (gm * hist[m, :m].flip(0)).sum(0)
+            gm.addcmul_(kt[m], gm.flip(0))  # the flip is a copy: reads the old values
+        return grad_k.t()
 
 
 def reflection_to_denominator(k: Tensor) -> Tensor:
@@ -77,6 +107,29 @@ def reflection_to_denominator(k: Tensor) -> Tensor:
     if k.dim() != 2:
         raise ValueError(f"k must be (rows, order), got shape {tuple(k.shape)}")
     return _StepUp.apply(k)
+
+
+def reflection_poles(k: Tensor) -> Tensor:
+    """Roots of the polynomial with reflection coefficients k (R, N), as complex (R, N), in fp64.
+
+    They are the eigenvalues of an upper Hessenberg matrix built from k (the GGT matrix of the
+    theory of orthogonal polynomials on the unit circle, with Verblunsky coefficients -k):
+    G[i, j] = -alpha_{i-1} alpha_j prod_{m=i}^{j-1} rho_m for i <= j (alpha_{-1} = -1),
+    G[j+1, j] = rho_j, rho = sqrt(1 - alpha^2). G is a section of a unitary matrix, so its
+    eigenvalues come out accurately even where the coefficients ``a`` are too ill-conditioned to
+    root (many poles next to the circle: the companion matrix of ``a`` then has eigenvalues off by
+    far more than the distance to the circle).
+    """
+    alpha = -k.detach().double()  # (R, N)
+    R, N = alpha.shape
+    log_rho = 0.5 * torch.log1p(-alpha * alpha)  # (R, N)
+    cum = F.pad(torch.cumsum(log_rho, -1), (1, 0))  # (R, N+1): cum[j] = sum_{m<j} log rho_m
+    prod = torch.exp(cum[:, None, :N] - cum[:, :N, None])  # (R, N, N): [i, j] = prod_{m=i}^{j-1} rho_m
+    prev = torch.cat([-torch.ones_like(alpha[:, :1]), alpha[:, :-1]], -1)  # (R, N): alpha_{i-1}
+    G = torch.triu(-prev[:, :, None] * alpha[:, None, :] * prod)  # (R, N, N)
+    idx = torch.arange(N - 1, device=alpha.device)
+    G[:, idx + 1, idx] = torch.exp(log_rho[:, :-1])
+    return torch.linalg.eigvals(G)
 
 
 def denominator_to_reflection(a: Tensor) -> Tensor:

@@ -32,13 +32,21 @@ from torch import Tensor, nn
 
 from .fftconv import fft_conv, fft_size, polymul
 from .long_filter import ConfigCheck, LongFilter
-from .reflection import denominator_to_reflection, reflection_to_denominator
+from .reflection import (
+    denominator_to_reflection,
+    raw_from_reflection,
+    reflection_coefficients,
+    reflection_poles,
+    reflection_to_denominator,
+)
 
-__all__ = ["RTF", "inverse_impulse_response", "graded_decay_radii"]
+__all__ = ["RTF", "inverse_impulse_response", "graded_decay_radii", "DEFAULT_DECAY"]
 
 _INITS = ("zeros", "xavier", "montel")
 _CONSTRAINTS = ("reflection", "l1_montel", "none")
 _H0_INITS = ("one", "normal")
+# The default time scales: the implicit Hyena filter's window (1e-2 reached at 0.3 and 1.5 l_max).
+DEFAULT_DECAY = (0.3, 1.5)
 # The l1_montel scale parameter is initialised U(0, 1) (the reference code); see reset_parameters.
 _MONTEL_EPS = 1e-6
 
@@ -72,15 +80,17 @@ def inverse_impulse_response(den: Tensor, n: int) -> Tensor:
 
 
 def _spectra(b: Tensor, a: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Spectra on the n-th roots of unity: numerators (R, group, n//2+1) and 1/A (R, 1, n//2+1)."""
+    """Spectra on the n-th roots of unity: numerators (R, group, n//2+1) and 1/A (R, 1, n//2+1).
+
+    ``a`` may be in a wider dtype than ``b`` (the RTF passes fp64 denominators: with poles near the
+    circle, A(e^iw) is a small difference of large coefficients); 1/A is formed in that dtype and
+    only then rounded to ``b``'s precision.
+    """
     R, N = a.shape
-    coef = torch.zeros(b.shape[0] + R, N + 1, dtype=b.dtype, device=b.device)  # one rFFT for all rows
-    coef[: b.shape[0], 1:] = b  # strictly proper: b_0 = 0
-    coef[b.shape[0] :, 0] = 1.0  # monic denominators
-    coef[b.shape[0] :, 1:] = a
-    spec = torch.fft.rfft(coef, n=n)  # (ndir*D + R, n//2+1)
-    num_f = spec[: b.shape[0]].view(R, -1, spec.shape[-1])  # (R, group, n//2+1)
-    inv_den_f = spec[b.shape[0] :].reciprocal().unsqueeze(1)  # (R, 1, n//2+1)
+    num = F.pad(b, (1, 0))  # (ndir*D, N+1): strictly proper, b_0 = 0
+    den = F.pad(a, (1, 0), value=1.0)  # (R, N+1): monic
+    num_f = torch.fft.rfft(num, n=n).view(R, -1, n // 2 + 1)  # (R, group, n//2+1)
+    inv_den_f = torch.fft.rfft(den, n=n).reciprocal().to(num_f.dtype).unsqueeze(1)  # (R, 1, n//2+1)
     return num_f, inv_den_f
 
 
@@ -118,7 +128,7 @@ class _RationalKernel(torch.autograd.Function):
         q = g_f * inv_den_f.conj()  # (R, group, F): correlation with the response of 1/A
         grad_b = torch.fft.irfft(q.view(b.shape[0], -1), n=n)[:, 1 : N + 1]  # (ndir*D, N)
         grad_den_f = (q * spec.conj()).sum(1)  # (R, F), up to the sign
-        grad_a = -torch.fft.irfft(grad_den_f, n=n)[:, 1 : N + 1]  # (R, N)
+        grad_a = -torch.fft.irfft(grad_den_f, n=n)[:, 1 : N + 1].to(a.dtype)  # (R, N)
         return grad_b, grad_a, grad[:, 0], None, None
 
 
@@ -141,10 +151,15 @@ class RTF(LongFilter):
             free (poles may leave the unit circle).
         h0_init: ``"one"`` or ``"normal"`` (N(0, 1)) for the feed-through; None: the init's own
             (one for zeros, normal otherwise).
-        decay: None, or ``(fast, slow)`` horizons as fractions of ``l_max``: every denominator
-            starts as one real pole whose response decays to 1e-2 between ``fast * l_max`` taps
-            (first row) and ``slow * l_max`` taps (last row), the time scales of the implicit Hyena
-            filter's window (:func:`graded_decay_radii`); the numerator follows ``init``.
+        decay: None (the denominators follow ``init``), or ``(fast, slow)`` horizons as fractions
+            of ``l_max``: every denominator starts as one real pole whose response decays to 1e-2
+            between ``fast * l_max`` taps (first row) and ``slow * l_max`` taps (last row), the time
+            scales of the implicit Hyena filter's window (:func:`graded_decay_radii`); the numerator
+            follows ``init``.
+
+    The defaults (xavier numerator, reflection constraint, graded decay) are the variant that
+    trained best in the project's paired comparison (BENCHMARKS.md section 4); the paper's
+    ``init="xavier", constraint="l1_montel", decay=None`` remains available.
         bidirectional: add an anti-causal filter bank (non-causal tasks; no recurrent mode).
         dropout: dropout on the kernel taps during training.
     """
@@ -156,9 +171,9 @@ class RTF(LongFilter):
         l_max: int,
         num_a: Optional[int] = None,
         init: str = "xavier",
-        constraint: Optional[str] = "l1_montel",
+        constraint: Optional[str] = "reflection",
         h0_init: Optional[str] = None,
-        decay: Optional[tuple[float, float]] = None,
+        decay: Optional[tuple[float, float]] = DEFAULT_DECAY,
         bidirectional: bool = False,
         dropout: float = 0.0,
         device=None,
@@ -206,6 +221,7 @@ class RTF(LongFilter):
             self.register_parameter("montel_scale", None)
         self.dropout = nn.Dropout(dropout)
         self._rec_cache: dict = {}
+        self._prepared: Optional[tuple] = None  # denominators computed in a batch (prepare_batch)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -237,7 +253,7 @@ class RTF(LongFilter):
         r = per_dir.to(self.a_raw)  # (rows,)
         self.a_raw.zero_()
         if self.constraint == "reflection":
-            self.a_raw[:, 0] = -torch.atanh(r)  # k_1 = -r: A(z) = 1 - r z^-1
+            self.a_raw[:, 0] = raw_from_reflection(-r)  # k_1 = -r: A(z) = 1 - r z^-1
         elif self.constraint == "none":
             self.a_raw[:, 0] = -r
         else:  # l1_montel: a_1 = -1 / (1 + |s| + eps) = -r
@@ -298,20 +314,50 @@ class RTF(LongFilter):
         )
 
     # ------------------------------------------------------------------ parameters -> filters
-    def denominator(self) -> Tensor:
-        """Constrained denominator coefficients a_1..a_N, shape (ndir * num_a, N)."""
-        a = self.a_raw
+    def _wide(self) -> torch.dtype:
+        """The dtype denominators are derived in: fp64 (MPS has none; there the parameters' dtype)."""
+        return torch.float64 if self.a_raw.device.type != "mps" else self.a_raw.dtype
+
+    def _param_key(self) -> tuple:
+        return (self.a_raw.data_ptr(), self.a_raw._version, torch.is_grad_enabled())
+
+    @classmethod
+    def prepare_batch(cls, filters: list["RTF"]) -> None:
+        """One step-up recursion for the denominators of every reflection-constrained filter of the
+        same order: the recursion is N small sequential steps whose cost is mostly per call, so a
+        model with many layers pays it once per forward instead of once per filter. Each filter
+        uses its share once (:meth:`denominator`), only while its parameters are unchanged."""
+        groups: dict[tuple, list[RTF]] = {}
+        for f in filters:
+            if f.constraint == "reflection":
+                groups.setdefault((f.state_size, f.a_raw.device, f._wide()), []).append(f)
+        for (_, _, dtype), fs in groups.items():
+            if len(fs) < 2:
+                continue
+            raw = torch.cat([f.a_raw.to(dtype) for f in fs])  # (sum of rows, N)
+            a = reflection_to_denominator(reflection_coefficients(raw))
+            for f, part in zip(fs, a.split([f.a_raw.shape[0] for f in fs])):
+                f._prepared = (f._param_key(), dtype, part)
+
+    def denominator(self, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """Constrained denominator coefficients a_1..a_N, shape (ndir * num_a, N), in ``dtype``
+        (default: the parameters'), computed from the parameters in that dtype."""
+        prepared, self._prepared = getattr(self, "_prepared", None), None
+        if prepared is not None and prepared[0] == self._param_key() and prepared[1] == (dtype or self.a_raw.dtype):
+            return prepared[2]
+        a = self.a_raw if dtype is None else self.a_raw.to(dtype)
         if self.constraint == "reflection":
-            return reflection_to_denominator(torch.tanh(a))  # (ndir*num_a, N), |poles| < 1
+            return reflection_to_denominator(reflection_coefficients(a))  # (ndir*num_a, N), |poles| < 1
         if self.constraint == "l1_montel":
-            scale = a.abs().sum(-1, keepdim=True) + self.montel_scale.abs().unsqueeze(-1) + _MONTEL_EPS
+            scale = a.abs().sum(-1, keepdim=True) + self.montel_scale.to(a.dtype).abs().unsqueeze(-1) + _MONTEL_EPS
             a = a / scale  # (ndir*num_a, N), sum|a| < 1
         return a
 
     def _kernel_all(self, L: int, dtype: torch.dtype) -> Tensor:
         """Kernels of every direction, (ndir * d_model, L), computed state-free in ``dtype``."""
         with torch.autocast(device_type=self.b.device.type, enabled=False):
-            a = self.denominator().to(dtype)  # (R, N) with R = ndir*num_a
+            # Denominators and 1/A in fp64 whatever ``dtype`` (R rows only: cheap), see _spectra.
+            a = self.denominator(torch.promote_types(self._wide(), dtype))  # (R, N) with R = ndir*num_a
             return _RationalKernel.apply(self.b.to(dtype), a, self.h0.to(dtype), self.l_max, L)
 
     def kernel(self, L: Optional[int] = None) -> Tensor:
@@ -353,7 +399,7 @@ class RTF(LongFilter):
         if self._rec_cache.get("key") != key:
             with torch.no_grad():
                 k = self._kernel_all(self.l_max, torch.float64)  # (D, l_max), no dropout
-                a = self.denominator().detach().double()  # (num_a, N)
+                a = self.denominator(torch.float64).detach()  # (num_a, N)
                 den = F.pad(a, (1, 0), value=1.0)  # (num_a, N+1), monic
                 group = self.d_model // self.num_a
                 den_ch = den.repeat_interleave(group, 0)  # (D, N+1)
@@ -527,7 +573,7 @@ class RTF(LongFilter):
             )
         a_raw = den[:, 1:]
         if rtf.constraint == "reflection":
-            a_raw = torch.atanh(denominator_to_reflection(a_raw))  # raises unless strictly stable
+            a_raw = raw_from_reflection(denominator_to_reflection(a_raw))  # raises unless strictly stable
         with torch.no_grad():
             den, b_tilde, h0, h, a_raw = (t.to(rtf.b.dtype) for t in (den, b_tilde, h0, h, a_raw))
             rtf.a_raw.copy_(a_raw)
@@ -536,9 +582,15 @@ class RTF(LongFilter):
         return rtf
 
     def poles(self) -> Tensor:
-        """Complex poles (ndir * num_a, N) of each denominator: roots of z^N + a_1 z^(N-1) + ... + a_N."""
+        """Complex poles (ndir * num_a, N) of each denominator: roots of z^N + a_1 z^(N-1) + ... + a_N.
+
+        With the reflection constraint they come from the reflection coefficients (a matrix of
+        norm <= 1, accurate next to the circle), otherwise from the companion matrix of ``a``, in fp64.
+        """
         with torch.no_grad():
-            a = self.denominator().double()  # (R, N)
+            if self.constraint == "reflection":
+                return reflection_poles(reflection_coefficients(self.a_raw.double()))
+            a = self.denominator(torch.float64)  # (R, N)
             R, N = a.shape
             comp = torch.zeros(R, N, N, dtype=torch.float64, device=a.device)
             comp[:, 0, :] = -a

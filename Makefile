@@ -11,7 +11,7 @@ LOCK   := constraints.txt
 LATEST ?= .venv-latest
 # Tests that exercise the dependencies' APIs (HF, generation, lm-eval, data, CLIs, README).
 LATEST_TESTS ?= tests/test_hf.py tests/test_generation.py tests/test_lm_eval.py tests/test_data.py \
-                tests/test_cli_errors.py tests/test_lm.py tests/test_configs.py tests/test_readme.py
+                tests/test_cli_errors.py tests/test_lm.py tests/test_configs.py tests/test_readme.py tests/test_convert.py
 
 .PHONY: setup quickstart test test-fast test-latest lock bench clean
 

@@ -104,7 +104,7 @@ class HyenaRTFConfig(PreTrainedConfig):
     rtf_init: str = "xavier"
     rtf_constraint: str = "reflection"
     rtf_h0_init: str | None = None
-    rtf_decay: list[float] | None = field(default_factory=lambda: [0.3, 1.5])
+    rtf_decay: list[float] | None = field(default_factory=lambda: [0.3, 1.5, 0.5])
     filter_dropout: float = 0.0
     implicit_filter_order: int = 64
     implicit_emb_dim: int = 3

@@ -281,21 +281,14 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
         raise ValueError(f"studies must be a non-empty subset of {STUDIES}, got {studies}")
     report = Report("quality", TITLE)
     everything: dict[Run, dict] = {}
-    cols = ["val ppl", "test token ppl", "test word ppl", "max pole radius", "kernel shift", "train s"]
-
-    def row(r: dict) -> list:
-        return [_ppl(r["val_loss"]), r["test_ppl"], r["test_word_ppl"], r["max_pole_radius"], r["kernel_shift"], r["train_s"]]
 
     if "screen" in studies:
         runs = {name: Run("hyena_rtf", 0, _variant(name, _lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
         runs["implicit hyena (reference)"] = Run("hyena", 0, _lr_wd(**SCREEN_RECIPE))
         res = runner.results(list(runs.values()))
         everything.update(res)
-        table = Table(f"Screen: Hyena-RTF variants at lr {SCREEN_RECIPE['lr']}, weight decay {SCREEN_RECIPE['wd']} (seed 0)",
-                      ["variant", *cols])
-        for name, run in runs.items():
-            table.add(name, *row(res[run]))
-        report.parts.append(table)
+        report.parts.append(variant_table(
+            f"Screen: Hyena-RTF variants at lr {SCREEN_RECIPE['lr']}, weight decay {SCREEN_RECIPE['wd']} (seed 0)", runs, res))
 
     best: dict[str, Run] = {}
     if any(s in studies for s in ("grid", "seeds", "ablation")):
@@ -310,9 +303,9 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
             best[m] = _best(res, [best[m]] + [s for s in states if s.mixer == m])
         if "grid" in studies:
             table = Table("Grid: learning rate x weight decay per mixer (seed 0; state 64 unless named)",
-                          ["mixer", "recipe", *cols, "chosen"])
+                          ["mixer", "recipe", *COLUMNS, "chosen"])
             for run in cells + states:
-                table.add(run.mixer, _recipe_name(run), *row(res[run]), best[run.mixer] == run)
+                table.add(run.mixer, _recipe_name(run), *_row(res[run]), best[run.mixer] == run)
             table.notes.append("chosen: the lowest validation loss of the mixer (held-out 10% of the training text).")
             report.parts.append(table)
 
@@ -335,11 +328,8 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
         runs["implicit hyena, filters frozen (reference)"] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
         res = runner.results(list(runs.values()))
         everything.update(res)
-        table = Table(f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)",
-                      ["variant", *cols])
-        for name, run in runs.items():
-            table.add(name, *row(res[run]))
-        report.parts.append(table)
+        report.parts.append(variant_table(
+            f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)", runs, res))
 
     if "paper" in studies:
         runs = {m: [Run(m, s, _lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in SEEDS] for m in MIXERS}
@@ -351,6 +341,24 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
     report.parts.append(f"{len(everything)} runs. Load average (1 min) when they started: {min(loads):.2f} to {max(loads):.2f}.")
     report.plots.append(_plot(everything, runner.out / "quality_curves.png"))
     return report, everything
+
+
+COLUMNS = ["val ppl", "test token ppl", "test word ppl", "max pole radius", "kernel shift", "train s"]
+
+
+def _row(r: dict) -> list:
+    return [_ppl(r["val_loss"]), r["test_ppl"], r["test_word_ppl"], r["max_pole_radius"], r["kernel_shift"], r["train_s"]]
+
+
+def variant_table(title: str, runs: dict[str, Run], res: dict[Run, dict]) -> Table:
+    """One row per named run: held-out validation and test perplexity, pole radius, filter movement."""
+    table = Table(title, ["variant", *COLUMNS])
+    for name, run in runs.items():
+        table.add(name, *_row(res[run]))
+    table.notes.append("val: the held-out 10% of the training text at the last step; test: all of wiki.test.raw "
+                       "(evaluate.py, 256-token windows); kernel shift: ||k - k_start|| / ||k_start|| over all long "
+                       "filters at the end.")
+    return table
 
 
 def _seed_table(title: str, runs: dict[str, list[Run]], res: dict[Run, dict]) -> Table:

@@ -20,7 +20,8 @@ LATEST ?= .venv-latest
 XDIST  ?= -n 2 --dist loadfile
 # In the latest leg: the slow tests that exercise the dependencies' APIs end to end (every README
 # command, HF loading without the package, lm-eval, the real processes of the entry points).
-LATEST_SLOW ?= tests/test_readme.py tests/test_hf.py tests/test_lm_eval.py tests/test_entrypoints.py
+LATEST_SLOW ?= tests/test_readme.py tests/test_hf.py tests/test_lm_eval.py tests/test_entrypoints.py \
+              tests/test_convert.py
 
 .PHONY: setup quickstart test test-fast test-slow test-all test-latest lock bench clean
 

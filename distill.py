@@ -1,7 +1,8 @@
-"""Distil a trained implicit-filter Hyena (mixer=hyena) into Hyena-RTF filters for recurrent decoding.
+"""Distil a Hyena model (implicit, S4D or RTF filters) into Hyena-RTF filters for recurrent decoding.
 
     python distill.py ckpt_path=logs/train/runs/<run> state_size=16
     python distill.py ckpt_path=<run>/checkpoints/last.ckpt state_size=64 out_dir=distilled_64
+    python distill.py ckpt_path=<convert.py output dir> state_size=32 evaluate=false
     python distill.py ckpt_path=... constraint=l1_montel evaluate=false
 
 Writes <out_dir>/checkpoints/last.ckpt (mixer=hyena_rtf; evaluate.py, generate.py and export.py

@@ -27,7 +27,7 @@ from .report import header
 # Benchmark name -> module of this package, imported only when that benchmark runs: the GPU
 # benchmark must start on a machine without hydra/omegaconf/datasets, which the data-driven
 # benchmarks (quality, distill) import.
-BENCHMARKS = ("rtf", "s4d", "decode", "train_speed", "quality", "gpu", "distill", "memory")
+BENCHMARKS = ("rtf", "s4d", "decode", "train_speed", "quality", "gpu", "distill", "memory", "convert")
 
 
 def load_benchmark(name: str):

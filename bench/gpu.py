@@ -113,7 +113,7 @@ def rtf_pass(cells: Cells, cfg: dict, device: torch.device) -> None:
         u = torch.randn(B, L, D, device=device, requires_grad=True)
         grad_y = torch.randn(B, L, D, device=device)
         for N in cfg["states"]:
-            f = RTF(D, N, L, device=device)
+            f = RTF(D, N, L, constraint="l1_montel", decay=None, device=device)  # the state-free path (see bench rtf)
             params = list(f.parameters())
             runs[("kernel", N)] = _grad_step(lambda f=f: f.kernel(L), params, grad_k)
             runs[("layer", N)] = _grad_step(lambda f=f: f(u), [u, *params], grad_y)

@@ -17,13 +17,13 @@ non-overlapping 256-token windows. Runs that differ in one setting are paired: s
 data order, and (``long_filter.build_filter``) the same initial weights outside the long filters.
 
 Studies (``--studies``; later ones use the choices of earlier ones):
-- ``grid``: every mixer of the registry at learning rate x weight decay (``LRS`` x ``WDS``), seed 0,
-  with the preset's filter options; then RTF and S4D at other state sizes (``STATES``) at their
-  best cell.
-- ``seeds``: every mixer at its best grid cell (lowest validation loss) for ``SEEDS``: the headline.
+- ``grid``: every mixer (``--mixers``) at learning rate x weight decay (``--lrs`` x ``--wds``),
+  seed 0, with the preset's filter options; then RTF and S4D at other state sizes (``--states``)
+  at their best cell.
+- ``seeds``: every mixer at its best grid cell (lowest validation loss) for ``--seeds``: the headline.
 - ``ablation``: Hyena-RTF variants (``VARIANTS``) at RTF's best cell, seed 0.
 - ``paper``: the RTF paper's recipe (lr 1e-3, weight decay 0.25, RTF xavier + l1_montel, state 64)
-  for every mixer and ``SEEDS``.
+  for every mixer and ``--seeds``.
 - ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
 
 Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the resolved
@@ -59,12 +59,8 @@ TITLE = "Perplexity at equal compute on WikiText-2 text: tuned mixers, paired ru
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = Path("data") / "wikitext-2-raw"
 
-LRS = (1.5e-3, 3e-3, 6e-3)
-WDS = (0.05, 0.25)
-STATES = (16, 256)  # besides the preset's 64, at the best cell
 STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
 MAIN_STATE = 64  # the experiment's state size (conf/experiment/wikitext_cpu.yaml via the presets)
-SEEDS = (0, 1, 2)
 SCREEN_RECIPE = {"lr": 3e-3, "wd": 0.1}
 PAPER_RECIPE = {"lr": 1e-3, "wd": 0.25}
 PAPER_RTF = ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel", "model.rtf_h0_init=null", "model.rtf_decay=null")
@@ -72,32 +68,27 @@ STUDIES = ("screen", "grid", "seeds", "ablation", "paper")
 
 # Hyena-RTF variants: name -> overrides on top of the preset (which carries the project's default);
 # (key, factor) sets a learning rate to factor x the run's lr.
-VARIANTS: dict[str, tuple[str, ...]] = {
+VARIANTS: dict[str, tuple] = {
     "preset default": (),
-    "paper: xavier + l1_montel": PAPER_RTF,
-    "zeros + reflection (impulse)": ("model.rtf_init=zeros", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
-    "zeros + none": ("model.rtf_init=zeros", "model.rtf_constraint=none", "model.rtf_decay=null"),
-    "xavier + reflection": ("model.rtf_init=xavier", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
-    "xavier + reflection + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=reflection",
-                                           "model.rtf_decay=[0.3,1.5]"),
-    "xavier + l1_montel + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel",
-                                          "model.rtf_decay=[0.3,1.5]"),
-    "xavier + none + graded decay": ("model.rtf_init=xavier", "model.rtf_constraint=none", "model.rtf_decay=[0.3,1.5]"),
-    "zeros + reflection + graded decay": ("model.rtf_init=zeros", "model.rtf_constraint=reflection",
-                                          "model.rtf_decay=[0.3,1.5]"),
-    "montel + reflection + graded decay": ("model.rtf_init=montel", "model.rtf_constraint=reflection",
-                                           "model.rtf_decay=[0.3,1.5]"),
-    "graded decay 3x shorter (0.1, 0.5)": ("model.rtf_decay=[0.1,0.5]",),
-    "graded decay 3x longer (0.9, 4.5)": ("model.rtf_decay=[0.9,4.5]",),
+    "paper: xavier + l1_montel, no decay": PAPER_RTF,
+    "impulse: zeros + reflection, no decay": ("model.rtf_init=zeros", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
+    "zeros + none, no decay": ("model.rtf_init=zeros", "model.rtf_constraint=none", "model.rtf_decay=null"),
+    "xavier + reflection, no decay": ("model.rtf_init=xavier", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
+    "decay horizons 0.3-1.5 l_max (long only)": ("model.rtf_decay=[0.3,1.5]",),
+    "decay horizons 0.01-1.5 l_max": ("model.rtf_decay=[0.01,1.5]",),
+    "l1_montel + graded decay": ("model.rtf_constraint=l1_montel",),
+    "none + graded decay": ("model.rtf_constraint=none",),
+    "sections + graded decay": ("model.rtf_constraint=sections",),
+    "zeros numerator + graded decay": ("model.rtf_init=zeros",),
+    "montel numerator + graded decay": ("model.rtf_init=montel",),
     "h0 = 1": ("model.rtf_h0_init=one",),
-    "h0 ~ N(0, 1)": ("model.rtf_h0_init=normal",),
     "shared denominators (num_a = 1)": ("model.rtf_num_a=1",),
     "filters frozen (filter lr 0)": ("optim.filter_lr=0",),
     "pole lr x10": (("optim.filter_pole_lr", 10.0),),
     "pole lr x0.1": (("optim.filter_pole_lr", 0.1),),
     "numerator lr x10 (poles at lr)": (("optim.filter_lr", 10.0), ("optim.filter_pole_lr", 1.0)),
 }
-SCREEN_VARIANTS = tuple(v for v in VARIANTS if v != "preset default")  # the preset is the paper recipe there
+SCREEN_VARIANTS = tuple(VARIANTS)
 
 # Overrides of the smoke mode (tests): tiny sizes, a few steps.
 SMOKE = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.hidden_size=16", "model.num_hidden_layers=1",
@@ -105,6 +96,24 @@ SMOKE = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.hidden_si
          "data.vocab_size=300", "data.seq_len=32", "data.batch_size=2", "model.num_attention_heads=2")
 QUICK = ("trainer.max_steps=300", "model.hidden_size=64", "model.num_hidden_layers=2", "model.intermediate_size=256",
          "model.output_rank=32", "data.vocab_size=2048", "data.seq_len=128")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the grid and the headline span; every mixer gets the same grid."""
+
+    lrs: tuple[float, ...] = (1.5e-3, 3e-3, 6e-3)
+    wds: tuple[float, ...] = (0.05, 0.25)
+    states: tuple[int, ...] = (16, 256)  # besides the preset's 64, at the best cell
+    seeds: tuple[int, ...] = (0, 1, 2)
+    mixers: tuple[str, ...] = MIXERS
+
+    def __post_init__(self):
+        bad = [m for m in self.mixers if m not in MIXERS]
+        if bad or not self.mixers:
+            raise ValueError(f"mixers must be a non-empty subset of {MIXERS}, got {self.mixers}")
+        if not self.lrs or not self.wds or not self.seeds:
+            raise ValueError("the grid needs at least one learning rate, weight decay and seed")
 
 
 @dataclass(frozen=True)
@@ -203,7 +212,8 @@ class Runner:
         keys = {r: self.key(r) for r in dict.fromkeys(runs)}
         todo = [r for r, k in keys.items() if k not in self.store.done]
         data = json.dumps(json.loads(keys[runs[0]])["data"], sort_keys=True) if runs else ""
-        cached = any(json.dumps(json.loads(k)["data"], sort_keys=True) == data for k in self.store.done)
+        cached = any(json.dumps(json.loads(k).get("data"), sort_keys=True) == data for k in self.store.done
+                     if k.startswith("{"))
         if todo and not cached:  # the first run of these data options builds the token cache alone
             self._one(todo.pop(0), keys)
         if todo:
@@ -278,55 +288,52 @@ def _recipe_name(run: Run) -> str:
     return " ".join(o.replace("optim.", "").replace("model.", "") for o in run.overrides) or "preset"
 
 
-def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]:
-    """Run ``studies`` (in the order of ``STUDIES``) and tabulate them; returns the report and every result."""
+def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = Protocol()) -> tuple[Report, dict]:
+    """Run ``studies`` (in the order of ``STUDIES``) over ``protocol`` and tabulate them; returns the
+    report and every result."""
+    mixers, lrs, wds, states_, seeds = protocol.mixers, protocol.lrs, protocol.wds, protocol.states, protocol.seeds
     bad = [s for s in studies if s not in STUDIES]
     if bad or not studies:
         raise ValueError(f"studies must be a non-empty subset of {STUDIES}, got {studies}")
     report = Report("quality", TITLE)
     everything: dict[Run, dict] = {}
-    cols = ["val ppl", "test token ppl", "test word ppl", "max pole radius", "kernel shift", "train s"]
-
-    def row(r: dict) -> list:
-        return [_ppl(r["val_loss"]), r["test_ppl"], r["test_word_ppl"], r["max_pole_radius"], r["kernel_shift"], r["train_s"]]
 
     if "screen" in studies:
         runs = {name: Run("hyena_rtf", 0, _variant(name, _lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
         runs["implicit hyena (reference)"] = Run("hyena", 0, _lr_wd(**SCREEN_RECIPE))
         res = runner.results(list(runs.values()))
         everything.update(res)
-        table = Table(f"Screen: Hyena-RTF variants at lr {SCREEN_RECIPE['lr']}, weight decay {SCREEN_RECIPE['wd']} (seed 0)",
-                      ["variant", *cols])
-        for name, run in runs.items():
-            table.add(name, *row(res[run]))
-        report.parts.append(table)
+        report.parts.append(variant_table(
+            f"Screen: Hyena-RTF variants at lr {SCREEN_RECIPE['lr']}, weight decay {SCREEN_RECIPE['wd']} (seed 0)", runs, res))
 
     best: dict[str, Run] = {}
     if any(s in studies for s in ("grid", "seeds", "ablation")):
-        cells = [Run(m, 0, _lr_wd(lr, wd)) for m in MIXERS for lr in LRS for wd in WDS]
+        cells = [Run(m, 0, _lr_wd(lr, wd)) for m in mixers for lr in lrs for wd in wds]
         res = runner.results(cells)
-        for m in MIXERS:
+        for m in mixers:
             best[m] = _best(res, [c for c in cells if c.mixer == m])
-        states = [Run(m, 0, best[m].overrides + (f"model.state_size={n}",)) for m in STATE_MIXERS if m in MIXERS for n in STATES]
+        states = [Run(m, 0, best[m].overrides + (f"model.state_size={n}",)) for m in STATE_MIXERS if m in mixers for n in states_]
         res.update(runner.results(states))
         everything.update(res)
-        for m in STATE_MIXERS:
+        for m in (m for m in STATE_MIXERS if m in mixers):
             best[m] = _best(res, [best[m]] + [s for s in states if s.mixer == m])
         if "grid" in studies:
-            table = Table("Grid: learning rate x weight decay per mixer (seed 0; state 64 unless named)",
-                          ["mixer", "recipe", *cols, "chosen"])
+            table = Table(f"Grid: learning rate {list(lrs)} x weight decay {list(wds)} per mixer (seed 0; state 64 unless named)",
+                          ["mixer", "recipe", *COLUMNS, "chosen"])
             for run in cells + states:
-                table.add(run.mixer, _recipe_name(run), *row(res[run]), best[run.mixer] == run)
+                table.add(run.mixer, _recipe_name(run), *_row(res[run]), best[run.mixer] == run)
             table.notes.append("chosen: the lowest validation loss of the mixer (held-out 10% of the training text).")
             report.parts.append(table)
 
     if "seeds" in studies:
-        runs = {m: [Run(m, s, best[m].overrides) for s in SEEDS] for m in MIXERS}
+        runs = {m: [Run(m, s, best[m].overrides) for s in seeds] for m in mixers}
         res = runner.results([r for rs in runs.values() for r in rs])
         everything.update(res)
-        report.parts.append(_seed_table(f"Headline: each mixer at its best grid cell, seeds {list(SEEDS)}", runs, res))
+        report.parts.append(_seed_table(f"Headline: each mixer at its best grid cell, seeds {list(seeds)}", runs, res))
 
     if "ablation" in studies:
+        if "hyena_rtf" not in best or "hyena" not in best:
+            raise ValueError("the ablation needs hyena_rtf and hyena among the mixers")
         base = best["hyena_rtf"].overrides
         runs = {name: Run("hyena_rtf", 0, _variant(name, base)) for name in VARIANTS}
         # Upper reference: start from the best implicit model distilled into RTFs (constraint none),
@@ -339,22 +346,37 @@ def run_studies(runner: Runner, studies: tuple[str, ...]) -> tuple[Report, dict]
         runs["implicit hyena, filters frozen (reference)"] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
         res = runner.results(list(runs.values()))
         everything.update(res)
-        table = Table(f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)",
-                      ["variant", *cols])
-        for name, run in runs.items():
-            table.add(name, *row(res[run]))
-        report.parts.append(table)
+        report.parts.append(variant_table(
+            f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)", runs, res))
 
     if "paper" in studies:
-        runs = {m: [Run(m, s, _lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in SEEDS] for m in MIXERS}
+        runs = {m: [Run(m, s, _lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in seeds] for m in mixers}
         res = runner.results([r for rs in runs.values() for r in rs])
         everything.update(res)
-        report.parts.append(_seed_table(f"The paper's recipe (lr 1e-3, weight decay 0.25; RTF xavier + l1_montel), seeds {list(SEEDS)}",
+        report.parts.append(_seed_table(f"The paper's recipe (lr 1e-3, weight decay 0.25; RTF xavier + l1_montel), seeds {list(seeds)}",
                                         runs, res))
     loads = [r["load"] for r in everything.values()]
     report.parts.append(f"{len(everything)} runs. Load average (1 min) when they started: {min(loads):.2f} to {max(loads):.2f}.")
     report.plots.append(_plot(everything, runner.out / "quality_curves.png"))
     return report, everything
+
+
+COLUMNS = ["val ppl", "test token ppl", "test word ppl", "max pole radius", "kernel shift", "train s"]
+
+
+def _row(r: dict) -> list:
+    return [_ppl(r["val_loss"]), r["test_ppl"], r["test_word_ppl"], r["max_pole_radius"], r["kernel_shift"], r["train_s"]]
+
+
+def variant_table(title: str, runs: dict[str, Run], res: dict[Run, dict]) -> Table:
+    """One row per named run: held-out validation and test perplexity, pole radius, filter movement."""
+    table = Table(title, ["variant", *COLUMNS])
+    for name, run in runs.items():
+        table.add(name, *_row(res[run]))
+    table.notes.append("val: the held-out 10% of the training text at the last step; test: all of wiki.test.raw "
+                       "(evaluate.py, 256-token windows); kernel shift: ||k - k_start|| / ||k_start|| over all long "
+                       "filters at the end.")
+    return table
 
 
 def _seed_table(title: str, runs: dict[str, list[Run]], res: dict[Run, dict]) -> Table:
@@ -409,15 +431,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"))
+    default = Protocol()
+    parser.add_argument("--mixers", nargs="+", default=list(default.mixers), choices=MIXERS)
+    parser.add_argument("--lrs", nargs="+", type=float, default=list(default.lrs), help="learning rates of the grid")
+    parser.add_argument("--wds", nargs="+", type=float, default=list(default.wds), help="weight decays of the grid")
+    parser.add_argument("--states", nargs="*", type=int, default=list(default.states),
+                        help="other state sizes tried at RTF's and S4D's best cell (none: leave out)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(default.seeds), help="seeds of the headline")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
+    if "ablation" in args.studies and not {"hyena_rtf", "hyena"} <= set(args.mixers):
+        parser.error("--studies ablation needs hyena_rtf and hyena in --mixers")
+    protocol = Protocol(tuple(args.lrs), tuple(args.wds), tuple(args.states), tuple(args.seeds), tuple(args.mixers))
     args.out.mkdir(parents=True, exist_ok=True)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     runner = Runner(args.out, {"smoke": SMOKE, "quick": QUICK, "full": ()}[mode], args.jobs, args.threads)
-    report, _ = run_studies(runner, tuple(s for s in STUDIES if s in args.studies))
+    report, _ = run_studies(runner, tuple(s for s in STUDIES if s in args.studies), protocol)
     head = header(None, command) + f"\n- mode: {mode}, jobs {args.jobs} x {args.threads} threads, wall time {time.perf_counter() - start:.0f} s"
     text = report.to_markdown(head)
     (args.out / "quality.md").write_text(text)

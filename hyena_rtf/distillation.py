@@ -1,9 +1,11 @@
-"""Distil a trained implicit-filter Hyena (``mixer=hyena``) into Hyena-RTF (``mixer=hyena_rtf``).
+"""Distil a Hyena model into Hyena-RTF (``mixer=hyena_rtf``) for constant-time decoding.
 
-Every long convolution of every layer is replaced by an RTF bank of order ``state_size`` fitted
-to the teacher's effective kernel ``ImplicitFilter.kernel(l_max)`` (MLP x decay window, with the
-per-channel skip term on tap 0) by :func:`hyena_rtf.modeling.rtf_fit.fit_rtf`; every other weight
-is copied unchanged. The student's parallel mode uses the fitted kernels, and its recurrent mode
+The teacher is any Hyena model of this project (``mixer`` ``hyena``, ``hyena_s4d`` or
+``hyena_rtf``: a training checkpoint, or a Hugging Face directory such as ``convert.py`` writes):
+every long convolution of every layer is replaced by an RTF bank of order ``state_size`` fitted
+to the teacher filter's effective kernel ``kernel(l_max)`` (the filter contract's, with the
+feed-through on tap 0: for the implicit filter its MLP x decay window plus skip term) by
+:func:`hyena_rtf.modeling.rtf_fit.fit_rtf`; every other weight is copied unchanged. The student's parallel mode uses the fitted kernels, and its recurrent mode
 (prefill + O(N) steps per token) reproduces them exactly, so the student decodes in constant
 time per token where the teacher has to recompute a window.
 
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from .checkpoints import is_intact, load_checkpoint_dict
 from .errors import UserError
 from .modeling.configuration_hyena_rtf import HyenaRTFConfig
+from .modeling.filters import MIXER_FILTERS
 from .modeling.hyena import HyenaOperator
 from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from .modeling.rtf_fit import fit_rtf
@@ -45,9 +48,12 @@ class UnstableFitError(ValueError):
 
 
 def resolve_teacher(path: str | Path) -> Path:
-    """The checkpoint file of ``path``: a ``.ckpt`` file, or a run directory (its newest intact one)."""
+    """The checkpoint of ``path``: a ``.ckpt`` file, a Hugging Face directory (``config.json``), or
+    a run directory (its newest intact ``.ckpt``)."""
     path = Path(path)
     if path.is_file():
+        return path
+    if path.is_dir() and (path / "config.json").is_file():
         return path
     if path.is_dir():
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -58,14 +64,15 @@ def resolve_teacher(path: str | Path) -> Path:
             if is_intact(p):
                 return p
         raise UserError(f"no intact .ckpt file in {ckpt_dir}; pass a checkpoint file or a run directory of train.py")
-    raise UserError(f"checkpoint not found: {path}; pass a .ckpt file or a run directory of a mixer=hyena model")
+    raise UserError(f"checkpoint not found: {path}; pass a .ckpt file, a run directory or an exported model directory")
 
 
 def _check_request(hp_model: dict, path: Path, state_size, constraint: str) -> None:
     mixer = hp_model.get("mixer", "hyena_rtf")
-    if mixer != "hyena":
+    if mixer not in MIXER_FILTERS:
         raise UserError(
-            f"{path} is a mixer={mixer!r} checkpoint; distillation needs a mixer='hyena' (implicit-filter) model"
+            f"{path} is a mixer={mixer!r} model; distillation needs a Hyena model with long filters "
+            f"(mixer one of {tuple(MIXER_FILTERS)})"
         )
     l_max = hp_model.get("max_position_embeddings", HyenaRTFConfig.max_position_embeddings)
     if isinstance(state_size, bool) or not isinstance(state_size, int) or not 1 <= state_size < l_max:
@@ -108,13 +115,17 @@ def distill_model(
 ) -> tuple[HyenaRTFForCausalLM, list[dict]]:
     """A ``mixer=hyena_rtf`` copy of ``teacher`` with fitted RTF filters, and per-filter reports.
 
-    Every channel of every long convolution is fitted in one batch. ``fit_kwargs`` go to
+    ``teacher`` is any Hyena model: its filters are read only through ``kernel(l_max)``. Every
+    channel of every long convolution is fitted in one batch. ``fit_kwargs`` go to
     :func:`~hyena_rtf.modeling.rtf_fit.fit_rtf` (max_steps, lr, tol, hankel_taps, ...).
     """
-    if teacher.config.mixer != "hyena":
-        raise UserError(f"distillation needs a mixer='hyena' model, got mixer={teacher.config.mixer!r}")
+    if teacher.config.mixer not in MIXER_FILTERS:
+        raise UserError(f"distillation needs a Hyena model (mixer one of {tuple(MIXER_FILTERS)}), "
+                        f"got mixer={teacher.config.mixer!r}")
     cfg = teacher.config.to_dict()
-    cfg.update(mixer="hyena_rtf", state_size=state_size, rtf_constraint=constraint, rtf_num_a=None)
+    # The student's RTF options describe a fitted filter, not an initialisation: plain coefficients
+    # (no reflection parametrisation), one denominator per channel.
+    cfg.update(mixer="hyena_rtf", state_size=state_size, rtf_constraint=constraint, rtf_num_a=None, rtf_decay=None)
     student_cfg = HyenaRTFConfig(**{k: v for k, v in cfg.items() if k in HyenaRTFConfig().to_dict()})
     student = HyenaRTFForCausalLM(student_cfg).to(next(teacher.parameters()).dtype)
     teacher = teacher.eval()
@@ -185,6 +196,18 @@ def distill_model(
     return student.eval(), reports
 
 
+def _exported_config(path: Path) -> dict:
+    """The ``HyenaRTFConfig`` fields stored in an exported directory's config.json."""
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}/config.json is not valid JSON ({e})") from None
+    if raw.get("model_type") != HyenaRTFConfig.model_type:
+        raise UserError(f"{path} does not hold a hyena_rtf model (model_type {raw.get('model_type')!r})")
+    fields = HyenaRTFConfig.__annotations__  # the model's own fields, not transformers' bookkeeping
+    return {k: v for k, v in raw.items() if k in fields}
+
+
 def _perplexity(model, tokenizer, text: str, context: int, batch_size: int, device, progress: bool) -> float:
     from .data import tokenize_text
     from .evaluation import score_tokens
@@ -218,8 +241,12 @@ def distill_checkpoint(
     from .checkpoints import load_for_inference
 
     path = resolve_teacher(ckpt_path)
-    ckpt = load_checkpoint_dict(path)
-    hp = ckpt.get("hyper_parameters", {})
+    if path.is_dir():  # a Hugging Face directory: its config.json holds the model's fields
+        ckpt = {"state_dict": {}}
+        hp = {"model": _exported_config(path)}
+    else:
+        ckpt = load_checkpoint_dict(path)
+        hp = ckpt.get("hyper_parameters", {})
     if "model" not in hp or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a hyena_rtf training checkpoint (no model hyperparameters)")
     _check_request(dict(hp["model"]), path, state_size, constraint)
@@ -238,7 +265,7 @@ def distill_checkpoint(
     net_state = {f"net.{k}": v for k, v in student.state_dict().items()}
     other = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("net.")}  # e.g. skipped_steps
     model_hp = {**dict(hp["model"]), "mixer": "hyena_rtf", "state_size": state_size,
-                "rtf_constraint": constraint, "rtf_num_a": None}
+                "rtf_constraint": constraint, "rtf_num_a": None, "rtf_decay": None}
     new_hp = {**hp, "model": model_hp}
     summary = {
         "teacher": str(path), "checkpoint": str(target), "state_size": state_size, "constraint": constraint,
@@ -256,6 +283,9 @@ def distill_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in ckpt.items() if k in ("epoch", "global_step", "pytorch-lightning_version",
                                                    "tokenizer_json", "tokenizer_special")}
+    if tokenizer is not None and "tokenizer_json" not in keep:  # the teacher was a directory: carry its tokenizer
+        keep["tokenizer_json"] = tokenizer.backend_tokenizer.to_str()
+        keep["tokenizer_special"] = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     payload = {**keep, "hyper_parameters": new_hp, "state_dict": {**other, **net_state},
                "distillation": {k: v for k, v in summary.items() if k != "layers"}}
     tmp = target.with_suffix(".ckpt.tmp")

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Optional
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerFast
 
@@ -16,7 +16,8 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOKENIZERS", "EOS", "gpt2_tokenizer", "train_bpe", "load_tokenizer", "tokenizer_from_json", "wrap"]
+__all__ = ["TOKENIZERS", "EOS", "gpt2_tokenizer", "train_bpe", "load_tokenizer", "tokenizer_from_json", "wrap",
+           "character_tokenizer", "CHARACTER_SPECIALS"]
 
 TOKENIZERS = ("gpt2", "bpe")
 EOS = "<|endoftext|>"
@@ -81,6 +82,29 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return wrap(tok)
+
+
+# HyenaDNA's character tokenizer: these special tokens take ids 0-6, the characters follow from 7.
+CHARACTER_SPECIALS = ("[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]")
+
+
+def character_tokenizer(characters: Iterable[str], specials: Iterable[str] = CHARACTER_SPECIALS) -> PreTrainedTokenizerFast:
+    """One token per character: ``specials`` take the first ids, then ``characters`` in order.
+
+    This is the id layout of HyenaDNA's ``CharacterTokenizer`` (``[UNK]`` for any other
+    character, case-sensitive, whitespace included). Nothing is added around the text, which is
+    how HyenaDNA's language-model data was tokenised; ``[SEP]`` is the end-of-sequence token.
+    """
+    specials, characters = list(specials), list(characters)
+    if any(len(c) != 1 for c in characters) or len(set(characters)) != len(characters):
+        raise UserError(f"characters must be distinct single characters, got {characters}")
+    vocab = {tok: i for i, tok in enumerate([*specials, *characters])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character on its own
+    tok.decoder = decoders.Fuse()  # ids back to text without separators
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[SEP]", unk_token="[UNK]",
+                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:

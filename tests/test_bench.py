@@ -36,7 +36,7 @@ def test_rtf_bench_smoke_mode_tables(tmp_path):
 
     kernel = report.parts[0]
     assert kernel.column("N") == [4, 16]
-    for col in ("RTF ms", "RTF peak MB", "RTF reference ms", "S4D ms", "S4D / RTF"):
+    for col in ("RTF ms", "RTF peak MB", "RTF reference ms", "RTF reflection ms", "S4D ms", "S4D / RTF"):
         vals = numbers(kernel, col)
         assert len(vals) == 2 and all(math.isfinite(v) and v > 0 for v in vals), (col, vals)
 
@@ -222,12 +222,12 @@ def test_quality_screen_runs_train_and_evaluate_and_resumes(tmp_path, monkeypatc
     from bench import quality
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
-    monkeypatch.setattr(quality, "SCREEN_VARIANTS", ("paper: xavier + l1_montel", "filters frozen (filter lr 0)"))
+    monkeypatch.setattr(quality, "SCREEN_VARIANTS", ("paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)"))
     out = tmp_path / "out"
     runner = quality.Runner(out, quality.SMOKE, jobs=2, threads=1)
     report, results = quality.run_studies(runner, ("screen",))
     table = report.parts[0]
-    assert table.column("variant") == ["paper: xavier + l1_montel", "filters frozen (filter lr 0)", "implicit hyena (reference)"]
+    assert table.column("variant") == ["paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)", "implicit hyena (reference)"]
     for run, r in results.items():
         assert Path(r["run_dir"], "checkpoints", "last.ckpt").is_file()
         evaluated = json.loads(Path(r["run_dir"], "eval_test.json").read_text())

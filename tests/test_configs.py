@@ -131,7 +131,7 @@ def test_wt103_experiment_is_the_paper_recipe(tmp_path):
     ours = compose_cfg("train", ["experiment=wt103_hyena_rtf"], tmp_path, return_hydra=False)
     differ = {k for k in set(ours.model) | set(m) if ours.model.get(k) != m.get(k)}
     assert differ == {"rtf_constraint", "rtf_decay"}
-    assert (ours.model.rtf_constraint, list(ours.model.rtf_decay)) == ("reflection", [0.3, 1.5])
+    assert (ours.model.rtf_constraint, list(ours.model.rtf_decay)) == ("reflection", [0.3, 1.5, 0.5])
     assert OmegaConf.to_container(ours.optim) == OmegaConf.to_container(o) and ours.seed == cfg.seed
 
 

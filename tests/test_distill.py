@@ -131,6 +131,39 @@ def test_distilling_a_teacher_whose_filters_are_rtfs_recovers_them():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("mixer", ["hyena_s4d", "hyena_rtf"])
+def test_any_filter_with_a_kernel_is_a_teacher(mixer):
+    """Distillation reads teachers only through ``kernel()``. An S4D bank of state 8 (S4D-Lin: one
+    real mode and three complex pairs, 7 poles) and an RTF bank of order 16 whose denominators have
+    order 4 (reflection coefficients 5..16 zero) are both recovered by students of their true
+    order, and every other weight is the teacher's. In fp64: S4D-Lin's seven poles cluster near
+    z = 1, where fp32 direct-form coefficients alone move the order-7 kernel by about 1.5 %."""
+    torch.manual_seed(0)
+    extra = (dict(state_size=8, s4d_dt_min=0.05, s4d_dt_max=0.2) if mixer == "hyena_s4d"
+             else dict(state_size=16, rtf_constraint="reflection"))
+    teacher = tiny_teacher(mixer=mixer, **extra).double()
+    if mixer == "hyena_rtf":
+        for block in teacher.model.layers:
+            f = block.mixer.filters[0]
+            f.a_raw[:, 4:] = 0.0  # reflection coefficients 5..16 zero: denominators of order 4
+            f.b[:, 4:] = 0.0
+            f.b.mul_(3.0)  # taps far from a pure feed-through
+    order = 7 if mixer == "hyena_s4d" else 4
+    student, reports = distill_model(teacher, order, max_steps=0, progress=False)
+    assert student.config.mixer == "hyena_rtf" and student.config.state_size == order
+    for block_t, block_s in zip(teacher.model.layers, student.model.layers):
+        k_t = block_t.mixer.filters[0].kernel(L_MAX).double()
+        k_s = block_s.mixer.filters[0].kernel(L_MAX).double()
+        assert (k_t[:, 1:].norm() / k_t.norm()) > 0.1  # the taps after 0 matter
+        assert (k_s - k_t).norm() / k_t.norm() < 1e-4
+    assert all(r["max_pole_radius"] < 1 for r in reports)
+    ids = torch.randint(0, 97, (2, L_MAX))
+    assert torch.allclose(student(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-6)
+    shared = [k for k in student.state_dict() if ".filters." not in k]
+    assert shared and all(torch.equal(student.state_dict()[k], teacher.state_dict()[k]) for k in shared)
+
+
+@torch.no_grad()
 def test_student_prefill_and_steps_equal_its_parallel_forward():
     torch.manual_seed(0)
     student, _ = distill_model(tiny_teacher(), 8, max_steps=50, progress=False)
@@ -203,10 +236,10 @@ def test_distill_checkpoint_writes_a_loadable_hyena_rtf_checkpoint(tmp_path):
 
 
 def test_cli_bad_inputs(tmp_path):
-    rtf_ckpt = tmp_path / "rtf.ckpt"
-    fake_checkpoint(rtf_ckpt)  # a mixer=hyena_rtf checkpoint
-    assert_one_line_error(run("distill.py", f"ckpt_path={rtf_ckpt}", "evaluate=false", cwd=tmp_path),
-                          "mixer='hyena_rtf'", "mixer='hyena'")
+    attn_ckpt = tmp_path / "attention.ckpt"
+    fake_checkpoint(attn_ckpt, mixer="attention")  # a model without long filters
+    assert_one_line_error(run("distill.py", f"ckpt_path={attn_ckpt}", "evaluate=false", cwd=tmp_path),
+                          "mixer='attention'", "Hyena model")
     teacher = tmp_path / "teacher.ckpt"
     save_teacher(tiny_teacher(), teacher)
     assert_one_line_error(run("distill.py", f"ckpt_path={teacher}", f"state_size={L_MAX}", "evaluate=false",

@@ -242,3 +242,25 @@ def test_denominators_batched_over_layers_give_the_same_loss_and_gradients(monke
     torch.testing.assert_close(batched[0], alone[0], rtol=0, atol=0)
     for g1, g2 in zip(batched[1], alone[1]):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_default_decay_grades_half_the_denominators():
+    """The default filter: the first half of the denominators one real pole each (graded), the
+    other half keep their xavier draws (short responses); a third element of decay sets the share."""
+    torch.manual_seed(0)
+    f = RTF(8, 16, 256)
+    assert (f.init, f.constraint, f.decay) == ("xavier", "reflection", (0.3, 1.5, 0.5))
+    a = f.denominator(torch.float64).detach()
+    torch.testing.assert_close(-a[:4, 0], graded_decay_radii(4, 256, 0.3, 1.5), atol=1e-6, rtol=0)
+    assert torch.allclose(a[:4, 1:], torch.zeros(4, 15, dtype=torch.float64), atol=1e-7)
+    assert (f.a_raw[4:] != 0).all()  # the drawn half is untouched
+    assert f.poles()[4:].abs().max() < f.poles()[:4].abs().max(-1).values.min()
+    assert RTF(8, 16, 256, decay=(0.3, 1.5, 0.25)).poles().abs().max(-1).values.gt(0.9).sum() == 2
+
+
+def test_reflection_parameters_move_high_orders_less():
+    """k_m = K tanh(raw_m / m): a unit step in raw_m moves k_m by about 1/m near zero."""
+    raw = torch.zeros(1, 64, dtype=torch.float64, requires_grad=True)
+    (jac,) = torch.autograd.grad(reflection_coefficients(raw).sum(), raw)
+    m = torch.arange(1, 65, dtype=torch.float64)
+    torch.testing.assert_close(jac[0], K_MAX / m)

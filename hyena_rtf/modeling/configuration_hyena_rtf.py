@@ -57,6 +57,8 @@ class HyenaRTFConfig(PreTrainedConfig):
         short_filter_order: width of the causal depthwise short convolution.
         output_rank: None for a Linear(D, D) output projection; r for RMSNorm -> Linear(D, r) ->
             GELU -> Linear(r, D) (the paper's low-rank head).
+        output_norm_eps: epsilon of that head's RMSNorm (None: torch's default, the machine epsilon
+            of the input dtype; the RTF paper's code uses 1e-6).
         state_size: RTF order N (``hyena_rtf``; must be < max_position_embeddings), or the real
             state size of each S4D channel (``hyena_s4d``; even: N/2 complex conjugate pairs).
         rtf_num_a: number of distinct RTF denominators per filter bank (None: one per channel).
@@ -70,6 +72,12 @@ class HyenaRTFConfig(PreTrainedConfig):
         filter_dropout: dropout on the long-filter kernel taps.
         implicit_filter_order, implicit_emb_dim: MLP width and positional-encoding size of the
             implicit filter (``hyena``).
+        implicit_num_inner_mlps, implicit_w: hidden layers after the first, and the initial
+            frequency of the sine activations, of the implicit filter's MLP.
+        implicit_modulate, implicit_shift: whether the implicit kernel is multiplied by its
+            exponential window, and the constant added to that window.
+        implicit_decay_order: ``"fast_first"`` (channel 0 has the fastest window) or
+            ``"slow_first"`` (safari's and HyenaDNA's order, for converted checkpoints).
         s4d_dt_min, s4d_dt_max: range of the log-uniform initial S4D step sizes (``hyena_s4d``).
 
     Attention (``attention``):
@@ -90,15 +98,21 @@ class HyenaRTFConfig(PreTrainedConfig):
     hyena_order: int = 2
     short_filter_order: int = 3
     output_rank: int | None = None
+    output_norm_eps: float | None = None
     state_size: int = 64
     rtf_num_a: int | None = None
     rtf_init: str = "xavier"
     rtf_constraint: str = "reflection"
     rtf_h0_init: str | None = None
-    rtf_decay: list[float] | None = field(default_factory=lambda: [0.3, 1.5])
+    rtf_decay: list[float] | None = field(default_factory=lambda: [0.3, 1.5, 0.5])
     filter_dropout: float = 0.0
     implicit_filter_order: int = 64
     implicit_emb_dim: int = 3
+    implicit_num_inner_mlps: int = 2
+    implicit_w: float = 1.0
+    implicit_modulate: bool = True
+    implicit_shift: float = 0.0
+    implicit_decay_order: str = "fast_first"
     s4d_dt_min: float = 1e-3
     s4d_dt_max: float = 1e-1
     num_attention_heads: int = 12
@@ -160,6 +174,8 @@ class HyenaRTFConfig(PreTrainedConfig):
             check.need_int("short_filter_order")
             if self.output_rank is not None:
                 check.need_int("output_rank")
+            if self.output_norm_eps is not None:
+                check.need_positive("output_norm_eps")
             FILTERS[MIXER_FILTERS[self.mixer]].check_config(self)
         if self.mixer == "attention":
             check.need_int("num_attention_heads")

@@ -55,6 +55,7 @@ class HyenaOperator(nn.Module):
         dropout: dropout on the gated input of each long convolution.
         output_rank: None for a ``Linear(d, d)`` output projection; an int r for the paper's
             head RMSNorm -> Linear(d, r) -> GELU -> Linear(r, d).
+        output_norm_eps: epsilon of that head's RMSNorm (None: torch's default).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class HyenaOperator(nn.Module):
         short_filter_order: int = 3,
         dropout: float = 0.0,
         output_rank: Optional[int] = None,
+        output_norm_eps: Optional[float] = None,
         device=None,
         dtype=None,
     ):
@@ -99,7 +101,7 @@ class HyenaOperator(nn.Module):
             self.out_norm = self.mimo_proj = None
             self.out_proj = nn.Linear(d_model, d_model, **factory)
         else:
-            self.out_norm = nn.RMSNorm(d_model, **factory)
+            self.out_norm = nn.RMSNorm(d_model, eps=output_norm_eps, **factory)
             self.mimo_proj = nn.Linear(d_model, output_rank, **factory)
             self.out_proj = nn.Linear(output_rank, d_model, **factory)
 

@@ -1,7 +1,8 @@
 """Hyena's implicit long filter (the baseline): an MLP over positions with exponential decay.
 
 The kernel is ``h(t) = MLP(pos(t)) * (exp(-|delta| t) + shift)`` with sine activations, where
-``pos`` is a small sinusoidal positional encoding of normalised time. The per-channel skip term
+``pos`` is a small sinusoidal positional encoding of normalised time (``modulate=False`` drops the
+window: ``h(t) = MLP(pos(t))``, as the Pile-trained safari models do). The per-channel skip term
 ("bias" in the original code) is folded into tap 0 of the kernel, so the filter has exactly the
 same parallel interface as :class:`~.rtf.RTF`. It has no finite-dimensional state
 (``has_recurrence`` is false): recurrent decoding with it must recompute (or cache the whole
@@ -19,7 +20,9 @@ from torch import Tensor, nn
 from .fftconv import fft_conv
 from .long_filter import ConfigCheck, LongFilter
 
-__all__ = ["ImplicitFilter"]
+__all__ = ["ImplicitFilter", "DECAY_ORDERS"]
+
+DECAY_ORDERS = ("fast_first", "slow_first")
 
 
 class _Sin(nn.Module):
@@ -50,6 +53,10 @@ class ImplicitFilter(LongFilter):
         dropout: dropout on the kernel taps during training.
         init_std: std of the normal initialisation of the MLP's weights (biases start at zero):
             GPT-2's 0.02, which is what safari's LM init gives these layers.
+        modulate: multiply the MLP output by the exponential window (False: no window at all).
+        decay_order: which end of the channel range gets the fastest decay: ``"fast_first"``
+            (channel 0 decays fastest) or ``"slow_first"`` (channel 0 decays slowest, the order of
+            safari's and HyenaDNA's ``ExponentialModulation``, needed to load their weights).
     """
 
     def __init__(
@@ -67,6 +74,8 @@ class ImplicitFilter(LongFilter):
         normalized: bool = False,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        modulate: bool = True,
+        decay_order: str = "fast_first",
         device=None,
         dtype=None,
     ):
@@ -75,7 +84,12 @@ class ImplicitFilter(LongFilter):
             raise ValueError(f"emb_dim must be odd and >= 3, got {emb_dim}")
         if l_max < 1 or d_model < 1 or filter_order < 1:
             raise ValueError("d_model, l_max and filter_order must be >= 1")
+        if num_inner_mlps < 0:
+            raise ValueError(f"num_inner_mlps must be >= 0, got {num_inner_mlps}")
+        if decay_order not in DECAY_ORDERS:
+            raise ValueError(f"decay_order must be one of {DECAY_ORDERS}, got {decay_order!r}")
         self.d_model, self.l_max, self.normalized, self.shift = d_model, l_max, normalized, shift
+        self.modulate, self.decay_order = modulate, decay_order
         self.w, self.init_std = w, init_std
         self.fast_decay_pct, self.slow_decay_pct, self.target = fast_decay_pct, slow_decay_pct, target
         factory = {"device": device, "dtype": dtype}
@@ -112,11 +126,11 @@ class ImplicitFilter(LongFilter):
 
     def _deltas(self, device=None, dtype=None) -> Tensor:
         """Decay rates (d_model,): the window reaches ``target`` between the fast and slow horizons."""
-        log_t = math.log(self.target)
-        deltas = torch.linspace(
-            log_t / self.fast_decay_pct, log_t / self.slow_decay_pct, self.d_model, device=device, dtype=dtype
-        )
-        return deltas.abs()
+        fast, slow = math.log(self.target) / self.fast_decay_pct, math.log(self.target) / self.slow_decay_pct
+        # The endpoints are passed in the order the source code uses, so that a converted model
+        # reproduces its buffer to the last bit (linspace is not symmetric in its rounding).
+        ends = (fast, slow) if self.decay_order == "fast_first" else (slow, fast)
+        return torch.linspace(*ends, self.d_model, device=device, dtype=dtype).abs()
 
     def init_buffers(self) -> None:
         """Recompute the time grid and decay rates (registered buffers, absent from checkpoints saved
@@ -129,7 +143,10 @@ class ImplicitFilter(LongFilter):
     @classmethod
     def config_kwargs(cls, config: Any) -> dict:
         return dict(emb_dim=config.implicit_emb_dim, filter_order=config.implicit_filter_order,
-                    dropout=config.filter_dropout, init_std=config.initializer_range)
+                    dropout=config.filter_dropout, init_std=config.initializer_range,
+                    num_inner_mlps=config.implicit_num_inner_mlps, w=config.implicit_w,
+                    shift=config.implicit_shift, modulate=config.implicit_modulate,
+                    decay_order=config.implicit_decay_order)
 
     @classmethod
     def check_config(cls, config: Any) -> None:
@@ -138,6 +155,14 @@ class ImplicitFilter(LongFilter):
         check.need_int("implicit_emb_dim", low=3)
         if config.implicit_emb_dim % 2 == 0:
             check.fail("implicit_emb_dim", "must be odd (time plus sine/cosine pairs)")
+        check.need_int("implicit_num_inner_mlps", low=0)
+        for field in ("implicit_w", "implicit_shift"):
+            value = getattr(config, field)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                check.fail(field, "must be a finite number")
+        if not isinstance(config.implicit_modulate, bool):
+            check.fail("implicit_modulate", "must be true or false")
+        check.need_choice("implicit_decay_order", DECAY_ORDERS)
 
     def kernel(self, L: Optional[int] = None) -> Tensor:
         """Time-domain kernel (d_model, L), tap 0 including the skip term."""
@@ -145,7 +170,8 @@ class ImplicitFilter(LongFilter):
         if not 1 <= L <= self.l_max:
             raise ValueError(f"kernel length L must be in [1, l_max={self.l_max}], got {L}")
         h = self.mlp(self.pos_emb[:L])  # (L, D)
-        h = h * (torch.exp(-self.t[:L] * self.deltas) + self.shift)  # (L, D)
+        if self.modulate:
+            h = h * (torch.exp(-self.t[:L] * self.deltas) + self.shift)  # (L, D)
         if self.normalized:
             h = h / h.abs().sum(0, keepdim=True).clamp_min(1e-8)
         k = h.t()  # (D, L)

@@ -110,6 +110,7 @@ def build_mixer(config: HyenaRTFConfig) -> nn.Module:
         short_filter_order=config.short_filter_order,
         dropout=config.mixer_dropout,
         output_rank=config.output_rank,
+        output_norm_eps=config.output_norm_eps,
         device=device,
     )
 

@@ -21,7 +21,8 @@ Costs O(N^2) per denominator, independent of the kernel length; the recursion ha
 backward (the autograd graph of N small steps costs more than the arithmetic on a CPU).
 ``statsmodels.tsa.statespace.tools.constrain_stationary_univariate`` implements the same map
 (with the squash x / sqrt(1 + x^2) instead of tanh and the opposite sign of ``a``); the tests use
-it as the independent reference.
+it as the independent reference. The trained parameters are ``raw_m = m atanh(k_m)`` (see
+:func:`reflection_coefficients` for the factor m).
 """
 
 from __future__ import annotations
@@ -45,14 +46,26 @@ __all__ = [
 K_MAX = 1.0 - 1e-6
 
 
+def _order_scale(raw: Tensor) -> Tensor:
+    return torch.arange(1, raw.shape[-1] + 1, dtype=raw.dtype, device=raw.device)  # (N,): m = 1..N
+
+
 def reflection_coefficients(raw: Tensor) -> Tensor:
-    """Reflection coefficients ``K_MAX * tanh(raw)``: strictly inside (-1, 1) for any real ``raw``."""
-    return K_MAX * torch.tanh(raw)
+    """Reflection coefficients ``k_m = K_MAX * tanh(raw_m / m)`` (m = 1..N along the last dimension):
+    strictly inside (-1, 1) for any real ``raw``.
+
+    The 1/m: Adam moves every parameter by about its learning rate per step, whatever the gradient,
+    and each reflection coefficient moves the log-gain of the filter, so with N equal moves the
+    filter's gain could change like exp(N lr) per step: at N = 256 next to a slow pole, the
+    spectrum blew up within ten steps and training stalled (BENCHMARKS.md section 4). Scaled by
+    1/m the combined move is about lr log N. Every k in (-1, 1)^N is still reached.
+    """
+    return K_MAX * torch.tanh(raw / _order_scale(raw))
 
 
 def raw_from_reflection(k: Tensor) -> Tensor:
     """Inverse of :func:`reflection_coefficients` (|k| must be below ``K_MAX``)."""
-    return torch.atanh(k / K_MAX)
+    return torch.atanh(k / K_MAX) * _order_scale(k)
 
 
 def step_up_reference(k: Tensor) -> Tensor:

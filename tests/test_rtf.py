@@ -276,14 +276,18 @@ def test_kernel_dropout_only_in_training():
     plain.load_state_dict(f.state_dict())
     with torch.no_grad():
         ref = plain.kernel()
-        assert (ref != 0).all()
+        # Tail taps of fast-decaying channels (~1e-9) can round to an exact 0 in fp32; count drops
+        # among the taps that are not.
+        live = ref != 0
+        assert live.float().mean() > 0.95
         f.eval()
         torch.testing.assert_close(f.kernel(), ref, rtol=0, atol=0)
         f.train()
         k = f.kernel()
-    dropped = k == 0
-    assert 0.35 < dropped.float().mean() < 0.65
-    torch.testing.assert_close(k[~dropped], ref[~dropped] / 0.5)
+    dropped = (k == 0) & live
+    assert 0.35 < dropped.sum() / live.sum() < 0.65
+    kept = live & ~dropped
+    torch.testing.assert_close(k[kept], ref[kept] / 0.5)
 
 
 def test_fp32_kernel_under_autocast():

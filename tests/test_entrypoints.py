@@ -78,5 +78,5 @@ def test_every_entry_point_runs_as_a_process(tmp_path, wikitext_dir, token_cache
     expected = tok.decode(argmax_loop(model, torch.tensor([tok("The").input_ids]), 12)[0], skip_special_tokens=True)
     assert proc.stdout.strip() == expected.strip()
 
-    # distill.py on a model that has no implicit filters: exit status 2 and one line, from the process.
-    assert_one_line_error(python("distill.py", f"ckpt_path={ckpt}", "evaluate=false"), "mixer='hyena'")
+    # distill.py with an impossible order: exit status 2 and one line, from the process.
+    assert_one_line_error(python("distill.py", f"ckpt_path={ckpt}", "state_size=0", "evaluate=false"), "state_size must be")

@@ -143,3 +143,25 @@ def test_default_run_is_the_quickstart(tmp_path):
     cb.pop("tags")
     assert ca == cb
     assert a.data.corpus == "shakespeare" and a.model.mixer == "hyena_rtf"
+
+
+@pytest.mark.parametrize("name", [n for n in options("model") if not n.endswith("125m")])
+def test_model_presets_bring_their_mixers_tuned_recipe(name, tmp_path):
+    """model=<mixer>_* trains at conf/optim/<mixer>.yaml's lr and weight decay (read from the file
+    here, not through Hydra); an optim= choice on the command line replaces it."""
+    cfg = compose_cfg("train", [f"model={name}"], tmp_path, return_hydra=False)
+    recipe = OmegaConf.load(CONF / "optim" / f"{cfg.model.mixer}.yaml")
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (recipe.lr, recipe.weight_decay)
+    assert cfg.optim.filter_lr == cfg.optim.lr and cfg.optim.warmup_steps == recipe.warmup_steps
+    lowered = compose_cfg("train", [f"model={name}", "optim.lr=1e-4"], tmp_path, return_hydra=False)
+    assert lowered.optim.filter_lr == 1e-4  # the filters follow a changed lr
+    base = OmegaConf.load(CONF / "optim" / "adamw.yaml")
+    chosen = compose_cfg("train", [f"model={name}", "optim=adamw"], tmp_path, return_hydra=False)
+    assert OmegaConf.to_container(chosen.optim) == OmegaConf.to_container(base)
+
+
+@pytest.mark.parametrize("name", [n for n in options("model") if n.endswith("125m")])
+def test_125m_presets_keep_the_paper_optimizer(name, tmp_path):
+    cfg = compose_cfg("train", [f"model={name}"], tmp_path, return_hydra=False)
+    base = OmegaConf.load(CONF / "optim" / "adamw.yaml")
+    assert OmegaConf.to_container(cfg.optim) == OmegaConf.to_container(base)

@@ -21,7 +21,8 @@ Studies (``--studies``; later ones use the choices of earlier ones):
   seed 0, with the preset's filter options; then RTF and S4D at other state sizes (``--states``)
   at their best cell.
 - ``seeds``: every mixer at its best grid cell (lowest validation loss) for ``--seeds``: the headline.
-- ``ablation``: Hyena-RTF variants (``VARIANTS``) at RTF's best cell, seed 0.
+- ``ablation``: Hyena-RTF variants (``ABLATION``, or those named by ``--variants``) at RTF's best
+  cell, seed 0, beside the implicit Hyena's best cell.
 - ``paper``: the RTF paper's recipe (lr 1e-3, weight decay 0.25, RTF xavier + l1_montel, state 64)
   for every mixer and ``--seeds``.
 - ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
@@ -89,6 +90,9 @@ VARIANTS: dict[str, tuple] = {
     "numerator lr x10 (poles at lr)": (("optim.filter_lr", 10.0), ("optim.filter_pole_lr", 1.0)),
 }
 SCREEN_VARIANTS = tuple(VARIANTS)
+DISTILLED = "init from the distilled implicit model (constraint none)"
+IMPLICIT_FROZEN = "implicit hyena, filters frozen (reference)"
+ABLATION = (*VARIANTS, DISTILLED, IMPLICIT_FROZEN)
 
 # Overrides of the smoke mode (tests): tiny sizes, a few steps.
 SMOKE = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.hidden_size=16", "model.num_hidden_layers=1",
@@ -107,6 +111,7 @@ class Protocol:
     states: tuple[int, ...] = (16, 256)  # besides the preset's 64, at the best cell
     seeds: tuple[int, ...] = (0, 1, 2)
     mixers: tuple[str, ...] = MIXERS
+    variants: tuple[str, ...] = ()  # of the ablation; empty: all of ABLATION
 
     def __post_init__(self):
         bad = [m for m in self.mixers if m not in MIXERS]
@@ -114,6 +119,9 @@ class Protocol:
             raise ValueError(f"mixers must be a non-empty subset of {MIXERS}, got {self.mixers}")
         if not self.lrs or not self.wds or not self.seeds:
             raise ValueError("the grid needs at least one learning rate, weight decay and seed")
+        unknown = [v for v in self.variants if v not in ABLATION]
+        if unknown:
+            raise ValueError(f"unknown ablation variants {unknown}; choose from {list(ABLATION)}")
 
 
 @dataclass(frozen=True)
@@ -335,15 +343,19 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
         if "hyena_rtf" not in best or "hyena" not in best:
             raise ValueError("the ablation needs hyena_rtf and hyena among the mixers")
         base = best["hyena_rtf"].overrides
-        runs = {name: Run("hyena_rtf", 0, _variant(name, base)) for name in VARIANTS}
-        # Upper reference: start from the best implicit model distilled into RTFs (constraint none),
-        # then train on at RTF's recipe; and how much the implicit model's own filters are worth.
-        teacher = Path(runner.results([best["hyena"]])[best["hyena"]]["run_dir"])
-        student = runner.distill(teacher / "checkpoints" / "last.ckpt", MAIN_STATE)
-        runs["init from the distilled implicit model (constraint none)"] = Run(
-            "hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={MAIN_STATE}", f"init_from={student}"))
+        names = protocol.variants or ABLATION
+        runs = {name: Run("hyena_rtf", 0, _variant(name, base)) for name in names if name in VARIANTS}
+        if DISTILLED in names:
+            # Upper reference: start from the best implicit model distilled into RTFs (constraint
+            # none), then train on at RTF's recipe.
+            teacher = Path(runner.results([best["hyena"]])[best["hyena"]]["run_dir"])
+            student = runner.distill(teacher / "checkpoints" / "last.ckpt", MAIN_STATE)
+            runs[DISTILLED] = Run("hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={MAIN_STATE}",
+                                                          f"init_from={student}"))
+        # How much the implicit model's own filters are worth, beside RTF's.
         runs["implicit hyena at its best cell (reference)"] = best["hyena"]
-        runs["implicit hyena, filters frozen (reference)"] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
+        if IMPLICIT_FROZEN in names:
+            runs[IMPLICIT_FROZEN] = Run("hyena", 0, best["hyena"].overrides + ("optim.filter_lr=0",))
         res = runner.results(list(runs.values()))
         everything.update(res)
         report.parts.append(variant_table(
@@ -438,12 +450,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--states", nargs="*", type=int, default=list(default.states),
                         help="other state sizes tried at RTF's and S4D's best cell (none: leave out)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(default.seeds), help="seeds of the headline")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="NAME",
+                        help=f"ablation variants to run (default: all): {'; '.join(ABLATION)}")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     if "ablation" in args.studies and not {"hyena_rtf", "hyena"} <= set(args.mixers):
         parser.error("--studies ablation needs hyena_rtf and hyena in --mixers")
-    protocol = Protocol(tuple(args.lrs), tuple(args.wds), tuple(args.states), tuple(args.seeds), tuple(args.mixers))
+    try:
+        protocol = Protocol(tuple(args.lrs), tuple(args.wds), tuple(args.states), tuple(args.seeds), tuple(args.mixers),
+                            tuple(args.variants))
+    except ValueError as err:
+        parser.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)

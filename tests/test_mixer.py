@@ -1,15 +1,21 @@
 """The mixer contract: the registry, each mixer's decoding state against its parallel forward,
-and config validation by the mixers."""
+config validation by the mixers, and a backbone that never asks for a mixer's name."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 
 from hyena_rtf.modeling.attention import CausalSelfAttention, KVState
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS, HyenaRTFConfig
+from hyena_rtf.modeling.filters import FILTERS, MIXER_FILTERS
 from hyena_rtf.modeling.hyena import HyenaOperator
 from hyena_rtf.modeling.mixer import Mixer
 from hyena_rtf.modeling.mixers import MIXER_CLASSES, build_mixer, mixer_class
 from hyena_rtf.modeling.presets import preset_config
+
+MODELING = Path(__file__).resolve().parents[1] / "hyena_rtf" / "modeling"
 
 
 def test_the_registry_names_every_config_mixer_with_a_mixer_class():
@@ -60,3 +66,18 @@ def test_each_mixer_validates_its_own_fields_only():
     attention_cfg = HyenaRTFConfig(mixer="attention", hyena_order=1)
     with pytest.raises(ValueError, match=r"HyenaRTFConfig\.hyena_order "):
         HyenaOperator.check_config(attention_cfg)
+
+
+def test_no_modeling_file_compares_against_a_mixer_or_filter_name_outside_the_registries():
+    names = set(MIXERS) | set(FILTERS) | set(MIXER_FILTERS)
+    found = []
+    for path in sorted(MODELING.glob("*.py")):
+        if path.name in ("mixers.py", "filters.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                consts = [s.value for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str)]
+                if any(c in names for c in consts):
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found, found

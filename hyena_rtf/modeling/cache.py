@@ -142,6 +142,39 @@ class RecomputeCache(_BatchRows):
         self.embeds, self.real = embeds[:, -keep:], real[:, -keep:]
         return embeds, real
 
+    def decode(
+        self, embeds: Tensor, real: Tensor, parallel: Callable[[Tensor, Tensor], Tensor], logits_to_keep=0
+    ) -> Tensor:
+        """Hidden states (B, T, D) of new inputs embeds (B, T, D), real (B, T), each position from
+        ``parallel(window embeds, window real) -> (B, n, D)`` over the (at most) ``window``
+        positions ending there. With ``logits_to_keep=k > 0``, positions past the first ``window``
+        that are not among the last k are not computed (left as NaN)."""
+        B, T, _ = embeds.shape
+        L = self.window
+        seq, real_seq = self.append(embeds, real)  # (B, n, D), (B, n)
+        n = seq.shape[1]
+        first = n - T  # index in seq of the first new position
+        out = None
+        if first < L:  # new positions whose window starts at seq[0]: one causal pass
+            stop = min(n, L)
+            h = parallel(seq[:, :stop], real_seq[:, :stop])  # (B, stop, D)
+            out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, : stop - first] = h[:, first:]
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            wanted = range(max(0, T - logits_to_keep), T)
+        else:
+            wanted = range(T)
+        for i in wanted:
+            j = first + i
+            if j < L:
+                continue
+            window = slice(j - L + 1, j + 1)
+            h = parallel(seq[:, window], real_seq[:, window])  # (B, L, D)
+            if out is None:
+                out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, i] = h[:, -1]
+        return out
+
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.embeds is not None:
             self.embeds, self.real = fn(self.embeds), fn(self.real)

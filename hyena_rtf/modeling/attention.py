@@ -5,9 +5,13 @@ beside it is the obvious softmax(QK^T / sqrt(d)) V. Positions are either learned
 embeddings (added to the token embeddings by the backbone, nothing happens here) or rotary
 embeddings applied to queries and keys.
 
-Decoding state is the pair of all past keys and values. :meth:`CausalSelfAttention.forward` takes
-and returns it as plain tensors (state in / state out); the split into :meth:`project` and
-:meth:`attend` lets a caller keep the keys and values in a cache object of its own instead.
+Under the mixer contract (:mod:`.mixer`) the decoding state of one layer is the keys and values of
+every position seen so far: anything with ``update(k, v) -> (all keys, all values)`` and
+``get_seq_length()``. :class:`KVState` is the plain one (what :meth:`CausalSelfAttention.initial_state`
+makes); inside a model the states are the layers of a transformers ``Cache`` (``DynamicCache``, what
+``generate`` and the benchmarks use), seen through :class:`KVCacheLayers`. The split into
+:meth:`CausalSelfAttention.project` and :meth:`CausalSelfAttention.attend` keeps the two steps
+testable against the reference.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
-__all__ = ["CausalSelfAttention", "attention_reference", "causal_mask", "rotary_embed"]
+from .long_filter import ConfigCheck
+from .mixer import CacheLayers, Mixer, MixContext
+
+__all__ = ["CausalSelfAttention", "KVState", "KVCacheLayers", "attention_reference", "causal_mask", "rotary_embed"]
 
 _POSITION_TYPES = ("learned", "rotary")
 
@@ -74,7 +83,62 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] 
     return (scores.softmax(-1) @ v.float()).to(q.dtype)  # (B, H, Tq, d)
 
 
-class CausalSelfAttention(nn.Module):
+class KVState:
+    """Keys and values of the positions seen so far, each (B, H, t, d); grows by concatenation."""
+
+    def __init__(self) -> None:
+        self.keys: Optional[Tensor] = None
+        self.values: Optional[Tensor] = None
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append k, v (B, H, T, d); return every key and value (B, H, t+T, d)."""
+        if self.keys is not None:
+            k = torch.cat([self.keys, k], 2)  # (B, H, t+T, d)
+            v = torch.cat([self.values, v], 2)
+        self.keys, self.values = k, v
+        return k, v
+
+    def get_seq_length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+
+class _CacheLayer:
+    """Layer ``idx`` of a transformers ``Cache`` as one layer's KV state (updated in place)."""
+
+    def __init__(self, cache, idx: int):
+        self.cache, self.idx = cache, idx
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cache.update(k, v, self.idx)  # (B, H, past+T, d) each
+
+    def get_seq_length(self) -> int:
+        return self.cache.get_seq_length(self.idx)
+
+
+class KVCacheLayers(CacheLayers):
+    """A transformers ``Cache`` seen as per-layer KV states: they write into it as they grow, so
+    storing them back is only a check that no row group was prefilled apart (attention masks
+    padding instead)."""
+
+    def __init__(self, cache, num_layers: int):
+        self.cache, self.num_layers = cache, num_layers
+
+    @property
+    def is_empty(self) -> bool:
+        return self.cache.get_seq_length() == 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.cache.get_seq_length(layer_idx)
+
+    def layer_states(self) -> list:
+        return [_CacheLayer(self.cache, i) for i in range(self.num_layers)]
+
+    def store(self, parts: list, new_tokens: int, batch_size: int) -> None:
+        if any(rows is not None for rows, _ in parts):
+            raise ValueError("attention states cover the whole batch; padded rows are masked, not regrouped")
+
+
+class CausalSelfAttention(Mixer):
     """Multi-head causal self-attention with a fused QKV projection (GPT-2 layout).
 
     Args:
@@ -135,24 +199,95 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         return self.out_proj(y.transpose(1, 2).reshape(B, Tq, H * d))  # (B, Tq, D)
 
-    def forward(
-        self,
-        x: Tensor,
-        positions: Optional[Tensor] = None,
-        past: Optional[tuple[Tensor, Tensor]] = None,
-        key_padding: Optional[Tensor] = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (B, T, D) -> (y (B, T, D), (keys, values) including x's).
+    # ------------------------------------------------------------------ the mixer contract
+    has_state = True
+    masks_padding = True
 
-        past: keys and values (B, H, Tp, d) of earlier positions, or None. ``positions`` default
-        to Tp .. Tp+T-1. key_padding: (B, Tp+T), 1 for real tokens and 0 for padding.
+    def forward(self, x: Tensor, ctx: Optional[MixContext] = None) -> Tensor:
+        """Parallel mode: x (B, T, D) -> (B, T, D); ``ctx`` gives positions (default 0..T-1) and
+        the padding mask (default plain causal)."""
+        ctx = ctx or MixContext()
+        q, k, v = self.project(x, ctx.positions)  # (B, H, T, d) each
+        return self.attend(q, k, v, ctx.mask)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> KVState:
+        """No keys or values yet (their batch size is fixed by the first update)."""
+        return KVState()
+
+    def prefill(self, x: Tensor, state=None, ctx: Optional[MixContext] = None) -> tuple[Tensor, object]:
+        """x (B, T, D) after the positions in ``state`` -> (y (B, T, D), state with x's keys and values).
+
+        Positions default to past .. past+T-1; ``ctx.mask`` as :func:`causal_mask` builds it for
+        T queries over past+T keys (None: plain causal).
         """
-        past_len = 0 if past is None else past[0].shape[2]
+        state = KVState() if state is None else state
+        ctx = ctx or MixContext()
+        positions = ctx.positions
         if positions is None:
-            positions = torch.arange(past_len, past_len + x.shape[1], device=x.device)
-        q, k, v = self.project(x, positions)
-        if past is not None:
-            k = torch.cat([past[0], k], 2)  # (B, H, Tp+T, d)
-            v = torch.cat([past[1], v], 2)
-        mask = causal_mask(q.shape[2], k.shape[2], key_padding, device=x.device)
-        return self.attend(q, k, v, mask), (k, v)
+            past = state.get_seq_length()
+            positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
+        q, k, v = self.project(x, positions)  # (B, H, T, d) each
+        k, v = state.update(k, v)  # (B, H, past+T, d)
+        return self.attend(q, k, v, ctx.mask), state
+
+    def step(self, x_t: Tensor, state, ctx: Optional[MixContext] = None) -> tuple[Tensor, object]:
+        """One position: x_t (B, D) -> (B, D); a prefill of length 1."""
+        y, state = self.prefill(x_t.unsqueeze(1), state, ctx)  # (B, 1, D)
+        return y[:, 0], state
+
+    @property
+    def cache_type(self) -> type:
+        return Cache
+
+    def new_cache(self, config) -> DynamicCache:
+        """transformers' ``DynamicCache``: what ``generate`` and the benchmarks expect of attention."""
+        return DynamicCache(config=config)
+
+    @classmethod
+    def cache_layers(cls, cache: Cache, num_layers: int) -> KVCacheLayers:
+        return KVCacheLayers(cache, num_layers)
+
+    # ------------------------------------------------------------------ config seam
+    @classmethod
+    def check_config(cls, config) -> None:
+        """``num_attention_heads`` (divides the width; even head size for rotary), the position
+        type and the rotary base."""
+        check = ConfigCheck(config)
+        check.need_int("num_attention_heads")
+        if config.hidden_size % config.num_attention_heads:
+            check.fail("num_attention_heads", f"must divide hidden_size={config.hidden_size}")
+        check.need_choice("position_embedding_type", _POSITION_TYPES)
+        if config.position_embedding_type == "rotary" and (config.hidden_size // config.num_attention_heads) % 2:
+            check.fail("num_attention_heads", "must leave an even head size (hidden_size / heads) for rotary")
+        check.need_positive("rotary_base")
+
+    @classmethod
+    def from_config(cls, config, device=None) -> "CausalSelfAttention":
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            position_type=config.position_embedding_type,
+            rotary_base=config.rotary_base,
+            dropout=config.mixer_dropout,
+            device=device,
+        )
+
+    @classmethod
+    def learned_positions(cls, config) -> bool:
+        return config.position_embedding_type == "learned"
+
+    @classmethod
+    def context(cls, attention_mask, position_ids, past: int, T: int, device=None) -> MixContext:
+        """Positions and mask of T new tokens after ``past``: left-padded rows count positions from
+        their first real token and no real query sees a padded key."""
+        pad = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            pad = attention_mask
+            if pad.shape[1] != past + T:
+                raise ValueError(f"attention_mask must cover past and new tokens ({past + T}), got {pad.shape[1]}")
+        if position_ids is None:
+            if pad is not None:
+                position_ids = (pad.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)  # (1, T)
+        return MixContext(positions=position_ids, mask=causal_mask(T, past + T, pad, device=device))

@@ -1,11 +1,12 @@
 """Decoding caches of the Hyena mixers (the attention mixer uses transformers' DynamicCache).
 
-Which cache a Hyena model uses depends only on whether its long filters have a recurrence
-(``LongFilter.has_recurrence``), never on their names:
+The Hyena operator picks one (:meth:`~.hyena.HyenaOperator.new_cache`) by whether its long filters
+have a recurrence (``LongFilter.has_recurrence``), never by their names:
 
 - :class:`HyenaCache` holds the recurrent state of every layer whose filters have one (RTF, S4D):
   a fixed-size object (short-filter window plus one filter state per long convolution) whose size
-  does not grow with the number of tokens.
+  does not grow with the number of tokens. It is the list of per-layer states of the mixer
+  contract (:class:`~.mixer.CacheLayers`).
 - :class:`RecomputeCache` serves filters without a finite state (the implicit-filter baseline): it
   keeps the last ``window - 1`` input embeddings so that every new token can be scored by a full
   parallel forward over (at most) the last ``window`` positions.
@@ -17,18 +18,17 @@ Both implement the few methods and flags ``transformers.GenerationMixin`` calls 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .hyena import HyenaState
+from .mixer import CacheLayers
+
+if TYPE_CHECKING:  # hyena.py builds these caches: a runtime import would be circular
+    from .hyena import HyenaState
 
 __all__ = ["HyenaCache", "RecomputeCache"]
-
-
-def _map_state(state: HyenaState, fn: Callable[[Tensor], Tensor]) -> HyenaState:
-    return HyenaState(fn(state.short), tuple(fn(s) for s in state.long))
 
 
 class _BatchRows:
@@ -60,7 +60,7 @@ class _BatchRows:
         self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
 
 
-class HyenaCache(_BatchRows):
+class HyenaCache(_BatchRows, CacheLayers):
     """Recurrent state of a stack of recurrent Hyena layers: one :class:`~.hyena.HyenaState` per layer.
 
     ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
@@ -79,13 +79,24 @@ class HyenaCache(_BatchRows):
         return self.seen_tokens
 
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
-        self.states = [None if s is None else _map_state(s, fn) for s in self.states]
+        self.states = [None if s is None else s.map(fn) for s in self.states]
 
-    def set_rows(self, rows: Tensor, part: list[HyenaState], batch_size: int) -> None:
+    def layer_states(self) -> list[Optional[HyenaState]]:
+        return list(self.states)
+
+    def store(self, parts: list, new_tokens: int, batch_size: int) -> None:
+        for rows, states in parts:
+            if rows is None:
+                self.states = list(states)
+            else:
+                self.set_rows(rows, states, batch_size)
+        self.seen_tokens += new_tokens
+
+    def set_rows(self, rows: Tensor, part: list, batch_size: int) -> None:
         """Write the states of a sub-batch ``part`` (one per layer) into batch rows ``rows``."""
         for i, p in enumerate(part):
             if self.states[i] is None:
-                self.states[i] = _map_state(p, lambda t: t.new_zeros((batch_size, *t.shape[1:])))
+                self.states[i] = p.map(lambda t: t.new_zeros((batch_size, *t.shape[1:])))
             full = self.states[i]
             full.short[rows] = p.short
             for dst, src in zip(full.long, p.long):
@@ -130,6 +141,39 @@ class RecomputeCache(_BatchRows):
         keep = self.window - 1
         self.embeds, self.real = embeds[:, -keep:], real[:, -keep:]
         return embeds, real
+
+    def decode(
+        self, embeds: Tensor, real: Tensor, parallel: Callable[[Tensor, Tensor], Tensor], logits_to_keep=0
+    ) -> Tensor:
+        """Hidden states (B, T, D) of new inputs embeds (B, T, D), real (B, T), each position from
+        ``parallel(window embeds, window real) -> (B, n, D)`` over the (at most) ``window``
+        positions ending there. With ``logits_to_keep=k > 0``, positions past the first ``window``
+        that are not among the last k are not computed (left as NaN)."""
+        B, T, _ = embeds.shape
+        L = self.window
+        seq, real_seq = self.append(embeds, real)  # (B, n, D), (B, n)
+        n = seq.shape[1]
+        first = n - T  # index in seq of the first new position
+        out = None
+        if first < L:  # new positions whose window starts at seq[0]: one causal pass
+            stop = min(n, L)
+            h = parallel(seq[:, :stop], real_seq[:, :stop])  # (B, stop, D)
+            out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, : stop - first] = h[:, first:]
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            wanted = range(max(0, T - logits_to_keep), T)
+        else:
+            wanted = range(T)
+        for i in wanted:
+            j = first + i
+            if j < L:
+                continue
+            window = slice(j - L + 1, j + 1)
+            h = parallel(seq[:, window], real_seq[:, window])  # (B, L, D)
+            if out is None:
+                out = h.new_full((B, T, h.shape[-1]), float("nan"))
+            out[:, i] = h[:, -1]
+        return out
 
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.embeds is not None:

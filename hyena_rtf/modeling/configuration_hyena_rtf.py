@@ -2,8 +2,10 @@
 
 One backbone, four mixers (``mixer``): ``"hyena_rtf"`` (Hyena operator with RTF long filters,
 the default), ``"hyena"`` (Hyena's implicit MLP filters), ``"hyena_s4d"`` (diagonal SSM filters)
-and ``"attention"`` (causal multi-head attention). The Hyena mixers and their filters are named in
-one place, :mod:`.filters`; each filter validates its own fields (``LongFilter.check_config``). Field names follow the transformers conventions (``hidden_size``,
+and ``"attention"`` (causal multi-head attention). The mixers are named in one place, :mod:`.mixers`
+(the Hyena mixers' filters in :mod:`.filters`); each mixer validates its own fields
+(``Mixer.check_config``) and the Hyena operator lets its filter validate the filter's
+(``LongFilter.check_config``). Field names follow the transformers conventions (``hidden_size``,
 ``num_hidden_layers``, ``max_position_embeddings``...) so generic tooling (``generate``,
 lm-eval, ``AutoModelForCausalLM``) reads them; ``max_position_embeddings`` is the Hyena filter
 length ``l_max`` and therefore the context length of parallel mode.
@@ -15,15 +17,14 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
-from .filters import FILTERS, MIXER_FILTERS
 from .long_filter import ConfigCheck
+from .mixers import MIXER_CLASSES
 
 __all__ = ["HyenaRTFConfig", "MIXERS"]
 
-MIXERS = (*MIXER_FILTERS, "attention")
+MIXERS = tuple(MIXER_CLASSES)
 # Fields whose default changed between releases (or may): saved explicitly in every config.json.
 _ALWAYS_SAVED = ("mixer", "rtf_constraint", "rtf_init", "rtf_decay", "rtf_h0_init")
-_POSITION_TYPES = ("learned", "rotary")
 
 
 def _is_int(value) -> bool:
@@ -169,19 +170,4 @@ class HyenaRTFConfig(PreTrainedConfig):
                 check.fail(field, "must be a probability in [0, 1)")
         check.need_positive("layer_norm_epsilon")
         check.need_positive("initializer_range")
-        if self.mixer in MIXER_FILTERS:
-            check.need_int("hyena_order", low=2)
-            check.need_int("short_filter_order")
-            if self.output_rank is not None:
-                check.need_int("output_rank")
-            if self.output_norm_eps is not None:
-                check.need_positive("output_norm_eps")
-            FILTERS[MIXER_FILTERS[self.mixer]].check_config(self)
-        if self.mixer == "attention":
-            check.need_int("num_attention_heads")
-            if self.hidden_size % self.num_attention_heads:
-                check.fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
-            check.need_choice("position_embedding_type", _POSITION_TYPES)
-            if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
-                check.fail("num_attention_heads", "must leave an even head size (hidden_size / heads) for rotary")
-            check.need_positive("rotary_base")
+        MIXER_CLASSES[self.mixer].check_config(self)  # the mixer's own fields

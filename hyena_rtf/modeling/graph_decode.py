@@ -105,13 +105,8 @@ class RecurrentDecoder:
             x = x.float()
         new_states: list[HyenaState] = []
         for block, state in zip(backbone.layers, self.states):
-
-            def mix(op, h: Tensor, state=state) -> Tensor:
-                y, s = op.step(h[:, 0], state)  # (B, D)
-                new_states.append(s)
-                return y.unsqueeze(1)  # (B, 1, D)
-
-            x = block(x, mix)  # (B, 1, D)
+            x, state = block.step(x, state)  # (B, 1, D)
+            new_states.append(state)
         h = backbone.norm_f(x[:, -1].to(backbone.norm_f.weight.dtype))  # (B, D)
         vocab = self.model.config.vocab_size
         logits = F.linear(h, self.model.lm_head.weight[:vocab])  # (B, V): padded rows never scored

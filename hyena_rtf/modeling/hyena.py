@@ -8,9 +8,11 @@ each smoothed by a causal depthwise convolution of width ``short_filter_order``;
 
 Long convolutions are any :class:`~.long_filter.LongFilter`: RTF (the default), S4D or Hyena's
 implicit filters, named through :mod:`.filters` or passed as a class. The operator has a recurrent
-mode (prefill / step) exactly when all its filters have one. The feed-through of each long
-convolution is tap 0 of its kernel; it is added once (the reference code added the RTF
-feed-through twice).
+mode (prefill / step) exactly when all its filters have one. It is a :class:`~.mixer.Mixer`: its
+decoding state is a :class:`HyenaState`, kept in a :class:`~.cache.HyenaCache`, or none (its model
+then decodes through a :class:`~.cache.RecomputeCache`); it validates and reads its config fields
+itself, its filter's through the filter. The feed-through of each long convolution is tap 0 of
+its kernel; it is added once (the reference code added the RTF feed-through twice).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .filters import filter_class
-from .long_filter import LongFilter, build_filter
+from .cache import HyenaCache, RecomputeCache
+from .filters import MIXER_FILTERS, filter_class
+from .long_filter import ConfigCheck, LongFilter, build_filter
+from .mixer import Mixer, MixContext
 
 __all__ = ["HyenaOperator", "HyenaState"]
 
@@ -38,8 +42,12 @@ class HyenaState(NamedTuple):
     short: Tensor
     long: tuple[Tensor, ...]
 
+    def map(self, fn) -> "HyenaState":
+        """The state with ``fn`` applied to every tensor (e.g. selecting batch rows)."""
+        return HyenaState(fn(self.short), tuple(fn(s) for s in self.long))
 
-class HyenaOperator(nn.Module):
+
+class HyenaOperator(Mixer):
     """Hyena mixer with long filters of any :class:`~.long_filter.LongFilter` class.
 
     Args:
@@ -128,6 +136,11 @@ class HyenaOperator(nn.Module):
         """Whether every long filter has a finite recurrent state (then prefill/step exist)."""
         return all(f.has_recurrence for f in self.filters)
 
+    @property
+    def has_state(self) -> bool:
+        """The operator's only decoding state is its recurrence (implicit filters: recompute)."""
+        return self.has_recurrence
+
     def _check_recurrent(self) -> None:
         if not self.has_recurrence:
             raise NotImplementedError(
@@ -136,8 +149,8 @@ class HyenaOperator(nn.Module):
             )
 
     # ------------------------------------------------------------------ parallel mode
-    def forward(self, u: Tensor) -> Tensor:
-        """u (B, L, d_model) -> (B, L, d_model), L <= l_max."""
+    def forward(self, u: Tensor, ctx: Optional[MixContext] = None) -> Tensor:
+        """u (B, L, d_model) -> (B, L, d_model), L <= l_max. ``ctx`` is not used (no positions or masks)."""
         self._check(u, 3, "u")
         if u.shape[1] > self.l_max:
             raise ValueError(
@@ -160,7 +173,9 @@ class HyenaOperator(nn.Module):
         )
         return HyenaState(short, tuple(f.initial_state(batch_size, device=device, dtype=dtype) for f in self.filters))
 
-    def prefill(self, u: Tensor, state: Optional[HyenaState] = None) -> tuple[Tensor, HyenaState]:
+    def prefill(
+        self, u: Tensor, state: Optional[HyenaState] = None, ctx: Optional[MixContext] = None
+    ) -> tuple[Tensor, HyenaState]:
         """Process a prompt u (B, T, d_model) of any length; return outputs and the final state.
 
         Equivalent to ``step`` over every position (and to ``forward`` when T <= l_max), but runs
@@ -184,7 +199,7 @@ class HyenaOperator(nn.Module):
         y = self._gates(zc.transpose(1, 2), long_conv)  # (B, T, D)
         return self._output(y), HyenaState(new_short, tuple(new_long))
 
-    def step(self, u_t: Tensor, state: HyenaState) -> tuple[Tensor, HyenaState]:
+    def step(self, u_t: Tensor, state: HyenaState, ctx: Optional[MixContext] = None) -> tuple[Tensor, HyenaState]:
         """One token: u_t (B, d_model) -> (B, d_model) and the next state. Cost independent of position."""
         self._check_recurrent()
         self._check(u_t, 2, "u_t")
@@ -202,3 +217,44 @@ class HyenaOperator(nn.Module):
 
         y = self._gates(zc, long_conv)  # (B, D)
         return self._output(y), HyenaState(window[..., 1:], tuple(new_long))
+
+    # ------------------------------------------------------------------ model-level decoding cache
+    @property
+    def cache_type(self) -> type:
+        return HyenaCache if self.has_recurrence else RecomputeCache
+
+    def new_cache(self, config) -> Union[HyenaCache, RecomputeCache]:
+        """Recurrent filters: a :class:`~.cache.HyenaCache` of per-layer states. Without a finite
+        state: the model-level input window of :class:`~.cache.RecomputeCache` (l_max positions)."""
+        if self.has_recurrence:
+            return HyenaCache(config.num_hidden_layers)
+        return RecomputeCache(config.max_position_embeddings)
+
+    # ------------------------------------------------------------------ config seam
+    @classmethod
+    def check_config(cls, config) -> None:
+        """The operator's fields, then those of the filter that ``config.mixer`` names."""
+        check = ConfigCheck(config)
+        check.need_int("hyena_order", low=2)
+        check.need_int("short_filter_order")
+        if config.output_rank is not None:
+            check.need_int("output_rank")
+        if config.output_norm_eps is not None:
+            check.need_positive("output_norm_eps")
+        filter_class(MIXER_FILTERS[config.mixer]).check_config(config)
+
+    @classmethod
+    def from_config(cls, config, device=None) -> "HyenaOperator":
+        filt = MIXER_FILTERS[config.mixer]
+        return cls(
+            config.hidden_size,
+            config.max_position_embeddings,
+            order=config.hyena_order,
+            filter=filt,
+            filter_kwargs=filter_class(filt).config_kwargs(config),
+            short_filter_order=config.short_filter_order,
+            dropout=config.mixer_dropout,
+            output_rank=config.output_rank,
+            output_norm_eps=config.output_norm_eps,
+            device=device,
+        )

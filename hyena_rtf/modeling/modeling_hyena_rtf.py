@@ -14,25 +14,24 @@ Vocabulary: the embedding has ``padded_vocab_size`` rows (a multiple of 8) but l
 computed against the first ``vocab_size`` rows only, so padded entries are never scored, never
 sampled and never receive probability mass; ``logits.shape[-1] == vocab_size``.
 
-Decoding (``use_cache=True``, which ``generate`` passes) depends on whether the long filters
-have a recurrence (``LongFilter.has_recurrence``), not on their names:
-- Hyena mixers with recurrent filters (``hyena_rtf``, ``hyena_s4d``): a
-  :class:`~.cache.HyenaCache`. The prompt is prefilled in parallel (chunks of l_max) into the
-  recurrent state, then each token is one O(state) step per layer. The recurrence runs for any
-  length, so generation continues past l_max.
-- ``attention``: transformers' ``DynamicCache`` (keys and values).
+Decoding (``use_cache=True``, which ``generate`` passes) goes through the mixer contract
+(:mod:`.mixer`): the backbone asks the mixers for their cache and per-layer states, never their names:
+- Hyena mixers with recurrent filters (``hyena_rtf``, ``hyena_s4d``): a :class:`~.cache.HyenaCache`,
+  one recurrent state per layer. The prompt is prefilled in parallel (chunks of l_max), then each
+  token is one O(state) step per layer; the recurrence runs for any length, past l_max too.
+- ``attention``: transformers' ``DynamicCache``, whose layers are the per-layer key-value states.
 - Hyena mixers without a finite state (``hyena``, implicit filters): a
   :class:`~.cache.RecomputeCache`; every new token re-runs the whole parallel model over the last
   l_max positions. Slow by construction: the baseline that recurrent decoding is measured against.
-The caches are classes of this package (``_supports_default_dynamic_cache`` returns False, so
+The Hyena caches are classes of this package (``_supports_default_dynamic_cache`` returns False, so
 ``generate`` leaves cache creation to ``forward``) rather than transformers' ``LinearAttentionLayer``:
 the mixers need three kinds of state, one code path serves ``generate`` and direct calls
 alike, and ``generate`` cannot continue from a cache made only of linear-attention layers (its
 ``get_seq_length`` raises there).
-Left-padded batches are exact for every mixer: attention masks padded keys; Hyena mixers prefill
-each group of rows from its first real token (a padded position would otherwise leak into the
-recurrent state). Padding elsewhere than on the left is ignored by the Hyena mixers, which is
-harmless for right padding because the models are causal.
+Left-padded batches are exact for every mixer: attention masks padded keys (``Mixer.masks_padding``);
+for the Hyena mixers the backbone runs each group of rows from its first real token (a padded
+position would otherwise leak into the recurrent state). Padding elsewhere than on the left is
+ignored by the Hyena mixers, which is harmless for right padding because the models are causal.
 
 Without a cache (training, scoring) the model runs in parallel mode and accepts at most
 ``max_position_embeddings`` (= l_max) positions, the length of the trained long filters.
@@ -46,18 +45,17 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import CausalSelfAttention, causal_mask
 from .blocks import Block
 from .cache import HyenaCache, RecomputeCache
 from .configuration_hyena_rtf import HyenaRTFConfig
-from .filters import MIXER_FILTERS, filter_class
-from .hyena import HyenaOperator
 from .long_filter import LongFilter, prepare_parallel
+from .mixer import MixContext
+from .mixers import build_mixer, mixer_class
 
 __all__ = [
     "CACHE_FIELD",
@@ -84,35 +82,6 @@ def _one_cache(cache, past_key_values):
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("pass the decoding cache once: as cache= or as past_key_values=, not both")
     return cache if cache is not None else past_key_values
-
-
-def build_mixer(config: HyenaRTFConfig) -> nn.Module:
-    """The sequence mixer of one block, as chosen by ``config.mixer``."""
-    # from_pretrained builds models under a meta-device context and patches torch.linspace to
-    # default to CPU; naming the context's device explicitly keeps every tensor on one device.
-    device = torch.get_default_device()
-    if config.mixer == "attention":
-        return CausalSelfAttention(
-            config.hidden_size,
-            config.num_attention_heads,
-            position_type=config.position_embedding_type,
-            rotary_base=config.rotary_base,
-            dropout=config.mixer_dropout,
-            device=device,
-        )
-    filt = MIXER_FILTERS[config.mixer]
-    return HyenaOperator(
-        config.hidden_size,
-        config.max_position_embeddings,
-        order=config.hyena_order,
-        filter=filt,
-        filter_kwargs=filter_class(filt).config_kwargs(config),
-        short_filter_order=config.short_filter_order,
-        dropout=config.mixer_dropout,
-        output_rank=config.output_rank,
-        output_norm_eps=config.output_norm_eps,
-        device=device,
-    )
 
 
 def _leading_padding(real: Optional[Tensor]) -> Optional[Tensor]:
@@ -209,14 +178,22 @@ class HyenaRTFPreTrainedModel(PreTrainedModel):
 
 
 class HyenaRTFModel(HyenaRTFPreTrainedModel):
-    """The backbone without the LM head: embeddings, blocks, final norm."""
+    """The backbone without the LM head: embeddings, blocks, final norm.
+
+    It knows its mixers only through the contract of :mod:`.mixer` (``mixer_class`` is the class
+    :mod:`.mixers` registers under ``config.mixer``); each forward takes one of three paths, chosen
+    by the cache and the mixers' capabilities, never by the mixer's name: parallel (no cache),
+    decoding through per-layer states (``has_state``), or recomputing the parallel model over a
+    sliding window (mixers without a state).
+    """
 
     def __init__(self, config: HyenaRTFConfig):
         super().__init__(config)
         config.check_values()
         d = config.hidden_size
+        self.mixer_class = mixer_class(config.mixer)
         self.embed_tokens = nn.Embedding(config.padded_vocab_size, d)
-        learned = config.mixer == "attention" and config.position_embedding_type == "learned"
+        learned = self.mixer_class.learned_positions(config)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, d) if learned else None
         self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.layers = nn.ModuleList(
@@ -238,86 +215,70 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
 
     @property
     def has_recurrence(self) -> bool:
-        """True when every mixer is a Hyena operator whose long filters all have a recurrence."""
-        return all(getattr(block.mixer, "has_recurrence", False) for block in self.layers)
+        """True when every mixer has a decoding state of fixed size (Hyena with recurrent filters)."""
+        return all(block.mixer.has_recurrence for block in self.layers)
+
+    @property
+    def has_state(self) -> bool:
+        """True when every mixer decodes through a per-layer state (prefill / step)."""
+        return all(block.mixer.has_state for block in self.layers)
 
     def new_cache(self, batch_size: Optional[int] = None) -> Union[HyenaCache, RecomputeCache, Cache]:
-        """An empty decoding cache of the kind this mixer uses (see the module docstring)."""
-        if self.config.mixer == "attention":
-            return DynamicCache(config=self.config)
-        if self.has_recurrence:
-            return HyenaCache(self.config.num_hidden_layers)
-        return RecomputeCache(self.config.max_position_embeddings)
+        """An empty decoding cache of the kind this model's mixers use (see the module docstring)."""
+        return self.layers[0].mixer.new_cache(self.config)
 
     # ------------------------------------------------------------------ the block stack
-    def _run_blocks(self, x: Tensor, mode: str, states=None, collect: bool = False, attn=None):
-        """x (B, T, D) embeddings -> (final hidden (B, T, D), per-layer hiddens or None, new states).
+    def _stream_in(self, x: Tensor) -> Tensor:
+        x = self.embed_dropout(x)  # (B, T, D)
+        return x.float() if self.config.residual_in_fp32 else x
 
-        mode: "parallel" (plain forward), "prefill" / "step" (recurrent Hyena mode from
-        ``states``, None meaning zero state), "attention" (``attn`` = (positions, mask, kv cache)).
-        """
-        x = self.embed_dropout(x)
-        if self.config.residual_in_fp32:
-            x = x.float()
-        if mode == "parallel" and not (self.gradient_checkpointing and self.training):
+    def _stream_out(self, x: Tensor) -> Tensor:
+        return self.norm_f(x.to(self.norm_f.weight.dtype))  # (B, T, D)
+
+    def _run_parallel(self, x: Tensor, ctx: Optional[MixContext], collect: bool):
+        """x (B, T, D) embeddings -> (final hidden (B, T, D), per-layer hiddens or None)."""
+        checkpointing = self.gradient_checkpointing and self.training
+        if not checkpointing:
             # Per-forward filter work batched over all layers (not under activation checkpointing,
             # whose recomputation must see each block compute exactly what it computed before).
             prepare_parallel(self)
+        x = self._stream_in(x)
         hiddens = [x] if collect else None
-        new_states = []
-        for i, block in enumerate(self.layers):
-            if mode == "parallel":
-                if self.gradient_checkpointing and self.training:
-                    x = self._gradient_checkpointing_func(block.__call__, x)
-                else:
-                    x = block(x)
-            else:
-                x = block(x, self._mixer_call(mode, i, states, new_states, attn))
+        for block in self.layers:
+            x = self._gradient_checkpointing_func(block.__call__, x, ctx) if checkpointing else block(x, ctx)
             if collect:
                 hiddens.append(x)
-        h = self.norm_f(x.to(self.norm_f.weight.dtype))  # (B, T, D)
-        return h, hiddens, new_states
+        return self._stream_out(x), hiddens
 
-    @staticmethod
-    def _mixer_call(mode: str, i: int, states, new_states: list, attn):
-        if mode == "prefill":
+    def _run_decoding(self, x: Tensor, states: list, ctx: Optional[MixContext], collect: bool, step: bool):
+        """Like ``_run_parallel`` from per-layer ``states`` (None: initial); ``step``: T == 1 through
+        the mixers' one-token step. Returns (hidden, hiddens, new states)."""
+        x = self._stream_in(x)
+        hiddens = [x] if collect else None
+        new_states = []
+        for block, state in zip(self.layers, states):
+            x, state = block.step(x, state, ctx) if step else block.prefill(x, state, ctx)  # (B, T, D)
+            new_states.append(state)
+            if collect:
+                hiddens.append(x)
+        return self._stream_out(x), hiddens, new_states
 
-            def mix(op: HyenaOperator, h: Tensor) -> Tensor:
-                y, s = op.prefill(h, None if states is None else states[i])  # (B, T, D)
-                new_states.append(s)
-                return y
-
-        elif mode == "step":
-
-            def mix(op: HyenaOperator, h: Tensor) -> Tensor:
-                y, s = op.step(h[:, 0], states[i])  # (B, D)
-                new_states.append(s)
-                return y.unsqueeze(1)
-
-        else:
-            positions, mask, cache = attn
-
-            def mix(op: CausalSelfAttention, h: Tensor) -> Tensor:
-                q, k, v = op.project(h, positions)  # (B, H, T, d)
-                if cache is not None:
-                    k, v = cache.update(k, v, i)  # (B, H, past+T, d)
-                return op.attend(q, k, v, mask)
-
-        return mix
-
-    def _run_grouped(self, x: Tensor, real: Optional[Tensor], mode: str, collect: bool):
-        """Like ``_run_blocks`` from zero state, but every group of left-padded rows starts at its
-        first real token. Returns (h, hiddens, parts) with parts = [(rows or None, states)]."""
-        starts = _leading_padding(real)
+    def _run_grouped(self, x: Tensor, real: Optional[Tensor], run, collect: bool, regroup: bool = True):
+        """``run(x_rows) -> (h, hiddens, states)`` over x (B, T, D), where every group of equally
+        left-padded rows starts at its first real token (a padded position would otherwise enter
+        a convolution or a state), unless the mixers mask padding themselves or not ``regroup``.
+        Returns (h, hiddens, parts) with parts = [(rows or None, states)]."""
+        regroup = regroup and not self.mixer_class.masks_padding
+        starts = _leading_padding(real) if regroup else None
         if starts is None:
-            h, hiddens, states = self._run_blocks(x, mode, None, collect)
+            h, hiddens, states = run(x)
             return h, hiddens, [(None, states)]
         B, T, _ = x.shape
         h = hiddens = None
         parts = []
         for start in starts.unique().tolist():
             rows = (starts == start).nonzero().squeeze(-1)
-            h_sub, hid_sub, states = self._run_blocks(x[rows, start:], mode, None, collect)
+            h_sub, hid_sub, states = run(x[rows, start:])
             if h is None:
                 h = h_sub.new_zeros(B, T, h_sub.shape[-1])
                 hiddens = [t.new_zeros(B, T, t.shape[-1]) for t in hid_sub] if collect else None
@@ -361,23 +322,21 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
         if cache is None and use_cache:
             cache = self.new_cache(B)
         collect = bool(output_hidden_states)
-        mixer = self.config.mixer
-        real = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
-        if mixer == "attention":
-            h, hiddens = self._forward_attention(x, attention_mask, position_ids, cache, collect)
-        elif cache is None:
-            self._check_parallel_length(T)
-            h, hiddens, _ = self._run_grouped(x, real, "parallel", collect)
-        elif self.has_recurrence:
-            if not isinstance(cache, HyenaCache):
-                raise ValueError(f"mixer {mixer!r} needs a HyenaCache as its cache, got {type(cache).__name__}")
-            h, hiddens = self._forward_recurrent(x, real, cache, collect)
+        if cache is None:
+            h, hiddens = self._forward_parallel(x, attention_mask, position_ids, collect)
         else:
-            if not isinstance(cache, RecomputeCache):
-                raise ValueError(f"mixer {mixer!r} needs a RecomputeCache as its cache, got {type(cache).__name__}")
-            if collect:
+            expected = self.layers[0].mixer.cache_type
+            if not isinstance(cache, expected):
+                raise ValueError(
+                    f"mixer {self.config.mixer!r} needs a {expected.__name__} as its cache, got {type(cache).__name__}"
+                )
+            if self.has_state:
+                h, hiddens = self._forward_cached(x, attention_mask, position_ids, cache, collect)
+            elif collect:
+                mixer = self.config.mixer
                 raise ValueError(f"output_hidden_states is not available in mixer {mixer!r} recompute decoding")
-            h, hiddens = self._forward_recompute(x, real, cache, logits_to_keep), None
+            else:
+                h, hiddens = self._forward_recompute(x, attention_mask, cache, logits_to_keep), None
         return BaseModelOutputWithPast(
             last_hidden_state=h, hidden_states=tuple(hiddens) if collect else None, **{CACHE_FIELD: cache}
         )
@@ -391,79 +350,63 @@ class HyenaRTFModel(HyenaRTFPreTrainedModel):
                 f"the filter length of parallel mode; {hint}"
             )
 
-    def _forward_attention(self, x, attention_mask, position_ids, cache, collect):
-        B, T = x.shape[:2]
-        if cache is not None and not isinstance(cache, Cache):
-            raise ValueError(
-                f"mixer 'attention' needs a transformers Cache as its cache, got {type(cache).__name__}"
-            )
-        past = 0 if cache is None else cache.get_seq_length()
-        pad = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            pad = attention_mask
-            if pad.shape[1] != past + T:
-                raise ValueError(f"attention_mask must cover past and new tokens ({past + T}), got {pad.shape[1]}")
-        if position_ids is None:
-            if pad is not None:  # left-padded rows start counting at their first real token
-                position_ids = (pad.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
-            else:
-                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)  # (1, T)
+    def _context(self, x: Tensor, attention_mask, position_ids, past: int, parallel: bool):
+        """(x (B, T, D) plus learned positions if the model has them, the mixers' ``ctx``)."""
+        T = x.shape[1]
+        ctx = self.mixer_class.context(attention_mask, position_ids, past, T, device=x.device)
         if self.embed_positions is not None:
-            if int(position_ids.max()) >= self.config.max_position_embeddings:
+            last = int(ctx.positions.max())
+            if last >= self.config.max_position_embeddings:
                 raise ValueError(
-                    f"position {int(position_ids.max())} is past the learned position table "
+                    f"position {last} is past the learned position table "
                     f"(max_position_embeddings={self.config.max_position_embeddings}); "
                     "use position_embedding_type='rotary' to run longer sequences"
                 )
-            x = x + self.embed_positions(position_ids)
-        elif cache is None:
+            x = x + self.embed_positions(ctx.positions)  # (B, T, D)
+        elif parallel:
             self._check_parallel_length(T)
-        mask = causal_mask(T, past + T, pad, device=x.device)
-        h, hiddens, _ = self._run_blocks(x, "attention", collect=collect, attn=(position_ids, mask, cache))
+        return x, ctx
+
+    def _forward_parallel(self, x: Tensor, attention_mask, position_ids, collect: bool):
+        """No cache: one parallel pass, at most l_max positions."""
+        x, ctx = self._context(x, attention_mask, position_ids, 0, parallel=True)
+        real = None if attention_mask is None else attention_mask[:, -x.shape[1] :].bool()  # (B, T)
+
+        def run(rows_x: Tensor):
+            return (*self._run_parallel(rows_x, ctx, collect), None)
+
+        h, hiddens, _ = self._run_grouped(x, real, run, collect)
         return h, hiddens
 
-    def _forward_recurrent(self, x: Tensor, real: Optional[Tensor], cache: HyenaCache, collect: bool):
+    def _forward_cached(self, x: Tensor, attention_mask, position_ids, cache, collect: bool):
+        """Decoding through per-layer states: a prompt (any length) is one prefill per layer, a
+        single token after it one step; the states go back into ``cache``."""
         B, T = x.shape[:2]
-        if cache.is_empty:
-            h, hiddens, parts = self._run_grouped(x, real, "prefill", collect)
-            for rows, states in parts:
-                if rows is None:
-                    cache.states = states
-                else:
-                    cache.set_rows(rows, states, B)
-        else:
-            h, hiddens, cache.states = self._run_blocks(x, "step" if T == 1 else "prefill", cache.states, collect)
-        cache.seen_tokens += T
+        layers = self.mixer_class.cache_layers(cache, len(self.layers))
+        fresh = layers.is_empty
+        x, ctx = self._context(x, attention_mask, position_ids, layers.get_seq_length(), parallel=False)
+        real = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
+        states = layers.layer_states()  # None where a layer has no state yet: its initial one
+
+        def run(rows_x: Tensor):
+            return self._run_decoding(rows_x, states, ctx, collect, step=T == 1 and not fresh)
+
+        # Only an empty cache is prefilled row group by row group: later calls continue every row.
+        h, hiddens, parts = self._run_grouped(x, real, run, collect, regroup=fresh)
+        layers.store(parts, T, B)
         return h, hiddens
 
-    def _forward_recompute(self, x: Tensor, real: Optional[Tensor], cache: RecomputeCache, logits_to_keep) -> Tensor:
-        """Score each new position with a parallel forward over the (at most) l_max positions ending there."""
-        B, T, _ = x.shape
-        L = self.config.max_position_embeddings
-        if real is None:
-            real = torch.ones(B, T, dtype=torch.bool, device=x.device)
-        seq, real_seq = cache.append(x, real)  # (B, n, D), (B, n)
-        n = seq.shape[1]
-        first = n - T  # index in seq of the first new position
-        out = None
-        if first < L:  # new positions whose window starts at seq[0]: one causal pass
-            stop = min(n, L)
-            h, _, _ = self._run_grouped(seq[:, :stop], real_seq[:, :stop], "parallel", False)
-            out = h.new_full((B, T, h.shape[-1]), float("nan"))
-            out[:, : stop - first] = h[:, first:]
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            wanted = range(max(0, T - logits_to_keep), T)
-        else:
-            wanted = range(T)
-        for i in wanted:
-            j = first + i
-            if j < L:
-                continue
-            h, _, _ = self._run_grouped(seq[:, j - L + 1 : j + 1], real_seq[:, j - L + 1 : j + 1], "parallel", False)
-            if out is None:
-                out = h.new_full((B, T, h.shape[-1]), float("nan"))
-            out[:, i] = h[:, -1]
-        return out
+    def _forward_recompute(self, x: Tensor, attention_mask, cache: RecomputeCache, logits_to_keep) -> Tensor:
+        """Mixers without a state: each new position scored by a parallel pass over the (at most)
+        l_max positions ending there (the cache keeps that window of inputs)."""
+        B, T = x.shape[:2]
+        ones = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        real = ones if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
+
+        def parallel(window: Tensor, window_real: Tensor) -> Tensor:
+            return self._forward_parallel(window, window_real, None, False)[0]  # (B, n, D)
+
+        return cache.decode(x, real, parallel, logits_to_keep)
 
 
 class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):

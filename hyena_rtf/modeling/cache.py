@@ -18,17 +18,30 @@ Both implement the few methods and flags ``transformers.GenerationMixin`` calls 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .mixer import CacheLayers
 
-if TYPE_CHECKING:  # hyena.py builds these caches: a runtime import would be circular
-    from .hyena import HyenaState
+__all__ = ["HyenaCache", "HyenaState", "RecomputeCache"]
 
-__all__ = ["HyenaCache", "RecomputeCache"]
+
+class HyenaState(NamedTuple):
+    """Recurrent state of one Hyena operator.
+
+    short: (B, (order+1)*d_model, short_filter_order-1), the last raw ``in_proj`` outputs.
+    long: one state per long convolution, as its filter's ``initial_state`` makes it (RTF: a
+        (B, d_model, state_size) companion state; S4D: a (B, d_model, state_size/2) complex one).
+    """
+
+    short: Tensor
+    long: tuple[Tensor, ...]
+
+    def map(self, fn) -> "HyenaState":
+        """The state with ``fn`` applied to every tensor (e.g. selecting batch rows)."""
+        return HyenaState(fn(self.short), tuple(fn(s) for s in self.long))
 
 
 class _BatchRows:
@@ -61,7 +74,7 @@ class _BatchRows:
 
 
 class HyenaCache(_BatchRows, CacheLayers):
-    """Recurrent state of a stack of recurrent Hyena layers: one :class:`~.hyena.HyenaState` per layer.
+    """Recurrent state of a stack of recurrent Hyena layers: one :class:`HyenaState` per layer.
 
     ``states[i]`` is None until the first prefill; ``seen_tokens`` counts processed positions
     (padding included), which is what ``generate`` asks for through ``get_seq_length``.

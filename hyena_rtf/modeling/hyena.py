@@ -17,34 +17,18 @@ its kernel; it is added once (the reference code added the RTF feed-through twic
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import HyenaCache, RecomputeCache
+from .cache import HyenaCache, HyenaState, RecomputeCache
 from .filters import MIXER_FILTERS, filter_class
 from .long_filter import ConfigCheck, LongFilter, build_filter
 from .mixer import Mixer, MixContext
 
 __all__ = ["HyenaOperator", "HyenaState"]
-
-
-class HyenaState(NamedTuple):
-    """Recurrent state of one Hyena operator.
-
-    short: (B, (order+1)*d_model, short_filter_order-1), the last raw ``in_proj`` outputs.
-    long: one state per long convolution, as its filter's ``initial_state`` makes it (RTF: a
-        (B, d_model, state_size) companion state; S4D: a (B, d_model, state_size/2) complex one).
-    """
-
-    short: Tensor
-    long: tuple[Tensor, ...]
-
-    def map(self, fn) -> "HyenaState":
-        """The state with ``fn`` applied to every tensor (e.g. selecting batch rows)."""
-        return HyenaState(fn(self.short), tuple(fn(s) for s in self.long))
 
 
 class HyenaOperator(Mixer):

@@ -305,6 +305,7 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
         raise ValueError(f"studies must be a non-empty subset of {STUDIES}, got {studies}")
     report = Report("quality", TITLE)
     everything: dict[Run, dict] = {}
+    headline: Optional[dict[str, list[Run]]] = None
 
     if "screen" in studies:
         runs = {name: Run("hyena_rtf", 0, _variant(name, _lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
@@ -334,7 +335,7 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
             report.parts.append(table)
 
     if "seeds" in studies:
-        runs = {m: [Run(m, s, best[m].overrides) for s in seeds] for m in mixers}
+        runs = headline = {m: [Run(m, s, best[m].overrides) for s in seeds] for m in mixers}
         res = runner.results([r for rs in runs.values() for r in rs])
         everything.update(res)
         report.parts.append(_seed_table(f"Headline: each mixer at its best grid cell, seeds {list(seeds)}", runs, res))
@@ -369,7 +370,7 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
                                         runs, res))
     loads = [r["load"] for r in everything.values()]
     report.parts.append(f"{len(everything)} runs. Load average (1 min) when they started: {min(loads):.2f} to {max(loads):.2f}.")
-    report.plots.append(_plot(everything, runner.out / "quality_curves.png"))
+    report.plots.append(_plot(everything, runner.out / "quality_curves.png", headline))
     return report, everything
 
 
@@ -403,20 +404,32 @@ def _seed_table(title: str, runs: dict[str, list[Run]], res: dict[Run, dict]) ->
     return table
 
 
-def _plot(results: dict[Run, dict], path: Path) -> Path:
+def _plot(results: dict[Run, dict], path: Path, headline: Optional[dict[str, list[Run]]] = None) -> Path:
+    """Validation curves: with a headline, each mixer's mean over its seeds with the min-max band
+    (the runs the table reports); otherwise each mixer's best run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    by_mixer: dict[str, list] = {}
-    for run, r in results.items():
-        by_mixer.setdefault(run.mixer, []).append(r)
-    for mixer, rs in by_mixer.items():
-        best = min(rs, key=lambda r: r["val_loss"] if r["val_loss"] is not None else math.inf)
-        steps, values = zip(*best["val_curve"]) if best["val_curve"] else ((), ())
-        ax.plot(steps, values, "o-", label=f"{mixer} (best of {len(rs)} runs)")
+    if headline:
+        for mixer, runs in headline.items():
+            curves = [dict(results[r]["val_curve"]) for r in runs if results[r]["val_curve"]]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            values = [[c[s] for c in curves] for s in steps]
+            line, = ax.plot(steps, [statistics.fmean(v) for v in values], "o-", label=f"{mixer} (mean of {len(curves)} seeds)")
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+    else:
+        by_mixer: dict[str, list] = {}
+        for run, r in results.items():
+            by_mixer.setdefault(run.mixer, []).append(r)
+        for mixer, rs in by_mixer.items():
+            best = min(rs, key=lambda r: r["val_loss"] if r["val_loss"] is not None else math.inf)
+            steps, values = zip(*best["val_curve"]) if best["val_curve"] else ((), ())
+            ax.plot(steps, values, "o-", label=f"{mixer} (best of {len(rs)} runs)")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out validation loss (nats/token)")
     ax.grid(True, alpha=0.3)

@@ -14,17 +14,11 @@ from omegaconf import DictConfig
 from hyena_rtf.errors import run_cli
 
 
-def convert(cfg: DictConfig) -> dict:
-    from hyena_rtf.conversion import convert_checkpoint, summary_lines
-
-    report = convert_checkpoint(cfg.src, cfg.out_dir, config=cfg.config, tokenizer=cfg.tokenizer,
-                                characters=list(cfg.characters), shift=cfg.shift, overwrite=cfg.overwrite)
-    print(summary_lines(report), flush=True)
-    return report
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="convert")
 def main(cfg: DictConfig):
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.convert_task import convert
+
     run_cli(convert, cfg)
 
 

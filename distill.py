@@ -16,26 +16,11 @@ from omegaconf import DictConfig
 from hyena_rtf.errors import run_cli
 
 
-def distill(cfg: DictConfig) -> dict:
-    from hydra.utils import instantiate
-
-    from hyena_rtf.distillation import distill_checkpoint, summary_table
-
-    out_dir = cfg.out_dir or cfg.paths.output_dir
-    eval_text = None
-    if cfg.evaluate:
-        eval_text = instantiate(cfg.data).corpus.text(cfg.split)
-    summary = distill_checkpoint(
-        cfg.ckpt_path, out_dir, cfg.state_size, cfg.constraint, eval_text=eval_text, eval_split=cfg.split,
-        batch_size=cfg.batch_size, device=cfg.device, overwrite=cfg.overwrite, progress=cfg.progress,
-        max_steps=cfg.max_steps, lr=cfg.lr, tol=cfg.tol, hankel_taps=cfg.hankel_taps,
-    )
-    print(summary_table(summary), flush=True)
-    return summary
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="distill")
 def main(cfg: DictConfig):
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.distill_task import distill
+
     run_cli(distill, cfg)
 
 

@@ -14,7 +14,8 @@ from hyena_rtf.errors import run_cli
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig):
-    from hyena_rtf.evaluation import evaluate
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.evaluate_task import evaluate
 
     result = run_cli(evaluate, cfg)
     return result.token_ppl

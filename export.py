@@ -10,18 +10,11 @@ from omegaconf import DictConfig
 from hyena_rtf.errors import run_cli
 
 
-def export(cfg: DictConfig) -> str:
-    from hyena_rtf.checkpoints import load_for_inference
-    from hyena_rtf.export import export_hf
-
-    model, tokenizer = load_for_inference(cfg.ckpt_path)
-    out = export_hf(model, tokenizer, cfg.out_dir, overwrite=cfg.overwrite)
-    print(f"exported to {out}")
-    return str(out)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig):
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.export_task import export
+
     run_cli(export, cfg)
 
 

@@ -12,7 +12,8 @@ from hyena_rtf.errors import run_cli
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig):
-    from hyena_rtf.generation import generate
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.generate_task import generate
 
     run_cli(generate, cfg)
 

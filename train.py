@@ -16,7 +16,8 @@ from hyena_rtf.errors import run_cli
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
-    from hyena_rtf.training import train
+    # Imported here so that --help and config errors do not pay for torch and Lightning.
+    from hyena_rtf.tasks.train_task import train
 
     metrics = run_cli(train, cfg)
     return metrics.get(cfg.get("optimized_metric")) if metrics else None

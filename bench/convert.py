@@ -5,8 +5,8 @@
 
 1. Fit. Each committed fixture (tests/fixtures: the HyenaDNA directory, the safari run and the
    safari eval-YAML model, all random weights with noise on every parameter) is converted with
-   ``hyena_rtf.conversion.convert_checkpoint`` (what convert.py runs) and distilled with
-   ``hyena_rtf.distillation.distill_checkpoint`` (what distill.py runs) at several state sizes.
+   ``hyena_rtf.checkpoints.conversion.convert_checkpoint`` (what convert.py runs) and distilled with
+   ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what distill.py runs) at several state sizes.
    Per state size: the mean relative kernel error, the largest pole radius, and on the fixture's
    reference inputs the mean KL(teacher || student) of the next-token distributions and the top-1
    agreement. With random weights there is no perplexity; as the scale for the KL, the table also
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from hyena_rtf.checkpoints import load_for_inference
-from hyena_rtf.conversion import convert_checkpoint
-from hyena_rtf.distillation import distill_checkpoint
+from hyena_rtf.checkpoints.loading import load_for_inference
+from hyena_rtf.checkpoints.conversion import convert_checkpoint
+from hyena_rtf.checkpoints.distillation import distill_checkpoint
 from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-from hyena_rtf.safari import source_name
+from hyena_rtf.checkpoints.safari import source_name
 
 from . import decode
 from .report import Report, Table
@@ -78,7 +78,7 @@ def write_hyenadna_source(directory: Path, seed: int = 0) -> Path:
     """A HyenaDNA directory of TINY_1K's shape with this project's random initialisation.
 
     The weights are those of the equivalent ``mixer=hyena`` model under HyenaDNA's names and
-    shapes (``hyena_rtf.safari.source_name``); only decoding speed is measured on it.
+    shapes (``hyena_rtf.checkpoints.safari.source_name``); only decoding speed is measured on it.
     """
     layer = TINY_1K["layer"]
     cfg = HyenaRTFConfig(mixer="hyena", vocab_size=TINY_1K["vocab_size"], hidden_size=TINY_1K["d_model"],

@@ -6,7 +6,7 @@
 1. The teacher is a quality-benchmark run (``bench.quality``): ``train.py experiment=wikitext_cpu
    model=hyena_tiny`` at lr 3e-3, weight decay 0.1, in the quick (or smoke) size, scored by
    ``evaluate.py`` on all of WikiText-2 test.
-2. ``hyena_rtf.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
+2. ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
    ``mixer=hyena_rtf`` checkpoints of state size 4, 16 and 64 (no constraint), and 16 with the
    ``l1_montel`` constraint; each is scored by ``evaluate.py`` like the teacher.
 3. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyena_rtf.checkpoints import load_for_inference
-from hyena_rtf.distillation import distill_checkpoint
+from hyena_rtf.checkpoints.loading import load_for_inference
+from hyena_rtf.checkpoints.distillation import distill_checkpoint
 
 from . import decode, quality
 from .report import Report, Table

@@ -166,7 +166,7 @@ def train_tables(cells: Cells) -> list[Table]:
         "Eager rows of one L come from one interleaved loop over the three mixers; compiled rows from a second "
         "loop with the eager and compiled variants of all mixers of that L, whose eager/compiled ratio is the "
         "'compiled / eager' column (> 1: compile is faster).",
-        "MFU = analytic training FLOPs (hyena_rtf.flops, FFTs included, 3x forward) / step time / dense bf16 peak.",
+        "MFU = analytic training FLOPs (hyena_rtf.training.flops, FFTs included, 3x forward) / step time / dense bf16 peak.",
         "Floors: FLOPs at the bf16 peak; bytes = 32 B per parameter (weights read, fused AdamW) plus an "
         "estimate of the fp32 FFT traffic of the long convolutions (bench.gpu_train) at the HBM peak.",
         "step peak GB = parameters + AdamW state (counted) + the peak a step allocates above them (measured).",

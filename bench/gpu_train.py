@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from hyena_rtf.flops import train_flops_per_token
+from hyena_rtf.training.flops import train_flops_per_token
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 
@@ -77,7 +77,7 @@ def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> in
 
 def step_floor(model: torch.nn.Module, L: int, tokens: int, peak_flops: Optional[float],
                peak_bw: Optional[float]) -> dict[str, Any]:
-    """Analytic floor of one step: FLOPs (``hyena_rtf.flops``, FFTs included), a lower bound on
+    """Analytic floor of one step: FLOPs (``hyena_rtf.training.flops``, FFTs included), a lower bound on
     bytes (weights and AdamW traffic, plus the estimated FFT traffic of the long convolutions), and
     the time each would take at the device's peak (None when the peak is unknown)."""
     flops = train_flops_per_token(model, L) * tokens

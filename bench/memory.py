@@ -6,7 +6,7 @@
 
 The paper's copying task (Table 2: remember 1024 tokens of a 64-symbol vocabulary, then reproduce
 them) scaled to a CPU: ``mem_len`` tokens, then as many copy markers, and the model must output the
-i-th memorised token at the i-th marker (``hyena_rtf.synthetic.CopyingDataModule``). The answer lies
+i-th memorised token at the i-th marker (``hyena_rtf.data.synthetic.CopyingDataModule``). The answer lies
 ``mem_len`` steps back, so a filter of order N has to span that distance; the sweep runs N from
 well below ``mem_len`` to well above it. Implicit Hyena and attention (no state size) are the
 references. Associative recall (``AssociativeRecallDataModule``: key-value pairs, blanks, query
@@ -14,7 +14,7 @@ keys) is run at several sequence lengths with every mixer.
 
 Every run trains the same backbone (the tiny presets resized: D=64, 4 layers, Hyena order 2,
 MLP 256) for the same number of steps with ``HyenaLMModule`` and a Lightning ``Trainer`` on the
-CPU, then scores the whole test split with ``hyena_rtf.synthetic.score_recall`` (greedy
+CPU, then scores the whole test split with ``hyena_rtf.data.synthetic.score_recall`` (greedy
 prediction at every scored position). Seeds change the initialisation and the generated data;
 every mixer sees the same data for a given seed.
 
@@ -45,11 +45,12 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
-from hyena_rtf.lit_module import HyenaLMModule
+from hyena_rtf.training.lit_module import HyenaLMModule
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 from hyena_rtf.modeling.presets import PRESETS
-from hyena_rtf.training import quiet_lightning
-from hyena_rtf.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule, score_recall
+from hyena_rtf.tasks.train_task import quiet_lightning
+from hyena_rtf.data.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule
+from hyena_rtf.evaluation.recall import score_recall
 
 from .report import Report, Table
 from .runfile import MetricCurve, RunFile, bench_trainer

@@ -122,9 +122,9 @@ def token_cache(tmp_path_factory) -> Path:
 def wiki_tokenizer(wikitext_dir, token_cache):
     """The session's WikiText tokenizer: byte-level BPE (WIKI_VOCAB tokens) trained on the WikiText
     validation text, the one ``files_data`` runs (and ``trained_run``) use, from the token cache."""
-    from hyena_rtf.corpus import load_corpus
-    from hyena_rtf.data import prepare_cache
-    from hyena_rtf.tokenization import load_tokenizer
+    from hyena_rtf.data.corpus import load_corpus
+    from hyena_rtf.data.token_cache import prepare_cache
+    from hyena_rtf.data.tokenization import load_tokenizer
 
     corpus = load_corpus("files", train_path=str(wikitext_dir / "wiki.valid.raw"),
                          validation_path=str(wikitext_dir / "wiki.test.raw"))

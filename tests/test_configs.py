@@ -13,7 +13,7 @@ from helpers import CONF, compose_cfg
 from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import PRESETS
-from hyena_rtf.training import instantiate_dict_list
+from hyena_rtf.tasks.train_task import instantiate_dict_list
 
 
 def options(group: str) -> list[str]:

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from helpers import ROOT, argmax_loop
-from hyena_rtf.checkpoints import load_for_inference
-from hyena_rtf.conversion import convert_checkpoint
+from hyena_rtf.checkpoints.loading import load_for_inference
+from hyena_rtf.checkpoints.conversion import convert_checkpoint
 from hyena_rtf.errors import UserError, run_cli
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -137,7 +137,7 @@ def test_a_distilled_converted_model_stays_close_to_its_teacher(converted, tmp_p
     """distill.py's task on a converted directory: an N=8 RTF student of the safari run keeps the
     teacher's predictions (KL far below that of dropping the long convolutions), and its recurrent
     decoding equals an argmax loop over its own parallel forward."""
-    from hyena_rtf.distillation import distill_checkpoint
+    from hyena_rtf.checkpoints.distillation import distill_checkpoint
 
     out_dir, teacher, _ = converted["safari_run"]
     summary = distill_checkpoint(out_dir, tmp_path / "student", 8, max_steps=100, progress=False)
@@ -206,7 +206,7 @@ def test_hyenadna_checkpointed_names_and_an_untied_head(tmp_path):
     """HyenaDNA runs with activation checkpointing name weights ``.mixer.layer.*`` / ``.mlp.layer.*``:
     the same weights under those names give the reference logits. A head that differs from the
     embedding is kept as an untied head."""
-    from hyena_rtf.foreign_checkpoint import load_foreign_checkpoint
+    from hyena_rtf.checkpoints.foreign import load_foreign_checkpoint
 
     src = copy_fixture(tmp_path, "hyenadna")
     edit_config(src / "config.json", lambda c: c.update(checkpoint_mixer=True, checkpoint_mlp=True))
@@ -232,7 +232,7 @@ def convert_cli(tmp_path: Path, capsys, **kwargs) -> str:
     from omegaconf import OmegaConf
 
     sys.path.insert(0, str(ROOT))
-    from convert import convert
+    from hyena_rtf.tasks.convert_task import convert
 
     cfg = OmegaConf.create({"config": None, "tokenizer": "auto", "characters": ["A", "C", "G", "T", "N"],
                             "shift": None, "overwrite": False, "out_dir": str(tmp_path / "out"), **kwargs})
@@ -260,7 +260,7 @@ def edit_config(path: Path, edit) -> None:
 
 def edit_weights(path: Path, edit) -> None:
     """Change a Lightning checkpoint's state dict (read back through the converter's safe reader)."""
-    from hyena_rtf.foreign_checkpoint import load_foreign_checkpoint
+    from hyena_rtf.checkpoints.foreign import load_foreign_checkpoint
 
     ckpt = load_foreign_checkpoint(path)
     edit(ckpt["state_dict"])

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from hyena_rtf.corpus import load_corpus, safe_pieces
-from hyena_rtf.data import TokenChunks, cache_key, open_tokens, prepare_cache, tokenize_text
-from hyena_rtf.datamodule import LMDataModule
+from hyena_rtf.data.corpus import load_corpus, safe_pieces
+from hyena_rtf.data.token_cache import TokenChunks, cache_key, open_tokens, prepare_cache, tokenize_text
+from hyena_rtf.data.lm_datamodule import LMDataModule
 from hyena_rtf.errors import UserError
-from hyena_rtf.metrics import bits_per_byte, perplexity, unigram_ppl, word_perplexity
-from hyena_rtf.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe
+from hyena_rtf.evaluation.metrics import bits_per_byte, perplexity, unigram_ppl, word_perplexity
+from hyena_rtf.data.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_metrics_against_hand_computation():
 def test_validation_fraction_holds_out_whole_articles_at_the_end(tmp_path, wikitext_dir, valid_text):
     """data.validation_fraction: the last ~10% of the train file, cut at an article heading, is the
     validation split; train + validation is exactly the file; nothing of the test file is used."""
-    from hyena_rtf.datamodule import LMDataModule
+    from hyena_rtf.data.lm_datamodule import LMDataModule
 
     corpus = load_corpus("files", train_path=str(wikitext_dir / "wiki.valid.raw"), validation_fraction=0.1)
     train, validation = corpus.text("train"), corpus.text("validation")

@@ -10,7 +10,7 @@ import pytest
 import scipy.signal as ss
 import torch
 
-from hyena_rtf.distillation import UnstableFitError, check_stable, distill_checkpoint, distill_model
+from hyena_rtf.checkpoints.distillation import UnstableFitError, check_stable, distill_checkpoint, distill_model
 from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.rtf import RTF
@@ -181,7 +181,7 @@ def test_student_prefill_and_steps_equal_its_parallel_forward():
 
 def test_unstable_fits_are_refused(monkeypatch):
     """A fit with a pole outside the unit circle never becomes a checkpoint."""
-    import hyena_rtf.distillation as distillation
+    import hyena_rtf.checkpoints.distillation as distillation
 
     real_fit = distillation.fit_rtf
 
@@ -209,7 +209,7 @@ def test_unstable_fits_are_refused(monkeypatch):
 
 # ---------------------------------------------------------------------------- checkpoints and CLI
 def test_distill_checkpoint_writes_a_loadable_hyena_rtf_checkpoint(tmp_path):
-    from hyena_rtf.checkpoints import load_for_inference
+    from hyena_rtf.checkpoints.loading import load_for_inference
 
     torch.manual_seed(0)
     teacher = tiny_teacher()
@@ -266,7 +266,7 @@ def test_cli_distils_with_evaluation_and_the_other_clis_take_the_result(hyena_ru
     perplexities are what evaluate.py reports for the two checkpoints; export.py takes the student;
     generate.py decodes it greedily exactly like an argmax loop over full parallel forwards, and so
     does the recurrent cache."""
-    from hyena_rtf.checkpoints import load_for_inference
+    from hyena_rtf.checkpoints.loading import load_for_inference
 
     text = tmp_path / "wiki.test.small.raw"  # the first real WikiText test articles: quick to score twice
     text.write_text("".join((wikitext_dir / "wiki.test.raw").read_text().splitlines(keepends=True)[:40]))

@@ -26,7 +26,7 @@ ROBERT = " = Robert Boulter = \n Robert Boulter is an English film , television 
 
 @pytest.mark.slow
 def test_every_entry_point_runs_as_a_process(tmp_path, wikitext_dir, token_cache):
-    from hyena_rtf.checkpoints import load_for_inference
+    from hyena_rtf.checkpoints.loading import load_for_inference
 
     env = python_env(tmp_path)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from hyena_rtf.checkpoints import is_intact, resolve_ckpt_path
+from hyena_rtf.checkpoints.loading import is_intact, resolve_ckpt_path
 from hyena_rtf.errors import UserError
-from hyena_rtf.evaluation import score_tokens, windows
+from hyena_rtf.evaluation.perplexity import score_tokens, windows
 
 
 @pytest.mark.parametrize("n,context,stride", [(2, 4, 4), (10, 4, 4), (11, 4, 4), (100, 16, 16), (100, 16, 5), (37, 8, 1)])

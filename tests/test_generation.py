@@ -8,7 +8,7 @@ from hyena_rtf.modeling.cache import HyenaCache, RecomputeCache
 from hyena_rtf.modeling.modeling_hyena_rtf import CACHE_FIELD, HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 from helpers import argmax_loop
-from hyena_rtf.generation import generate_text
+from hyena_rtf.tasks.generate_task import generate_text
 
 L_MAX = 64
 V = 97

@@ -237,7 +237,7 @@ def test_compile_true_trains_to_the_eager_losses(tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from hyena_rtf.lit_module import HyenaLMModule
+    from hyena_rtf.training.lit_module import HyenaLMModule
 
     torch.manual_seed(0)
     ids = torch.randint(0, 128, (2, 33))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hyena_rtf.export import export_hf
+from hyena_rtf.checkpoints.hf_export import export_hf
 from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM, register_auto_classes
 from hyena_rtf.modeling.presets import preset_config

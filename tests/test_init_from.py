@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyena_rtf.checkpoints import check_init_from, load_initial_weights
+from hyena_rtf.checkpoints.loading import check_init_from, load_initial_weights
 from hyena_rtf.errors import UserError
-from hyena_rtf.lit_module import HyenaLMModule
+from hyena_rtf.training.lit_module import HyenaLMModule
 from hyena_rtf.modeling.presets import PRESETS
 
 MODEL = {**PRESETS["hyena_rtf-tiny"], "vocab_size": 64, "max_position_embeddings": 32, "num_hidden_layers": 1,
@@ -51,7 +51,7 @@ def test_a_different_model_is_refused_before_any_work(tmp_path, change, key):
 def test_train_refuses_init_from_together_with_resume(tmp_path, wikitext_dir):
     from helpers import compose_cfg, wikitext_data
 
-    from hyena_rtf.training import train
+    from hyena_rtf.tasks.train_task import train
 
     save_like_lightning(HyenaLMModule(model=MODEL), tmp_path / "a.ckpt")
     base = ["model=hyena_rtf_tiny", *wikitext_data(wikitext_dir, tmp_path / "cache")]

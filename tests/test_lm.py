@@ -287,7 +287,7 @@ def test_param_groups_partition_the_parameters(mixer):
 
 
 def test_flop_count_charges_the_s4d_kernel_per_mode_and_rtf_nothing_per_state():
-    from hyena_rtf.flops import flops_per_token
+    from hyena_rtf.training.flops import flops_per_token
 
     def count(mixer, n):
         cfg = preset_config(f"{mixer}-tiny", state_size=n, max_position_embeddings=128)

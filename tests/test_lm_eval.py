@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyena_rtf.export import export_hf
+from hyena_rtf.checkpoints.hf_export import export_hf
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 

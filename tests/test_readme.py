@@ -171,7 +171,7 @@ def runs(cwd: Path, kind: str = "runs") -> list[Path]:
 
 
 def ckpt(path: Path) -> dict:
-    from hyena_rtf.checkpoints import load_checkpoint_dict
+    from hyena_rtf.checkpoints.loading import load_checkpoint_dict
 
     return load_checkpoint_dict(path)
 
@@ -193,8 +193,8 @@ def csv_steps(run: Path, key: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # 15 tiny trainings and whole-split evaluations
 def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
-    from hyena_rtf.checkpoints import load_for_inference
-    from hyena_rtf.corpus import load_corpus
+    from hyena_rtf.checkpoints.loading import load_for_inference
+    from hyena_rtf.data.corpus import load_corpus
 
     cmds = readme_commands()
     by_kind = {k: [c for c in cmds if _kind(c) == k] for k in ("train", "export", "evaluate", "generate", "distill", "lm_eval")}
@@ -322,7 +322,7 @@ def test_readme_commands_run_as_written(tmp_path, wikitext_dir, token_cache):
 
 
 def _check_generate(readme: Readme, cmd: str) -> None:
-    from hyena_rtf.checkpoints import load_for_inference
+    from hyena_rtf.checkpoints.loading import load_for_inference
 
     args = readme.args(cmd)
     sampled = _option(args, "do_sample", "true") == "true"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY_MODEL, python_env
-from hyena_rtf.checkpoints import load_checkpoint_dict
+from hyena_rtf.checkpoints.loading import load_checkpoint_dict
 
 MAX_STEPS = 60
 

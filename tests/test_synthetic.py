@@ -12,10 +12,9 @@ import torch
 
 from helpers import cli
 from hyena_rtf.errors import UserError
-from hyena_rtf.lit_module import HyenaLMModule
-from hyena_rtf.synthetic import (
-    AssociativeRecallDataModule, CopyingDataModule, associative_recall, copying, recall_counts,
-)
+from hyena_rtf.training.lit_module import HyenaLMModule
+from hyena_rtf.data.synthetic import AssociativeRecallDataModule, CopyingDataModule, associative_recall, copying
+from hyena_rtf.evaluation.recall import recall_counts
 
 def tiny_model(vocab: int, l_max: int = 32, mixer: str = "hyena_rtf") -> dict:
     return dict(mixer=mixer, vocab_size=vocab, hidden_size=16, num_hidden_layers=1, intermediate_size=32,

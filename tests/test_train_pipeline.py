@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from helpers import argmax_loop, check_printed_eval, cli, reference_nll, text_counts
-from hyena_rtf.checkpoints import load_checkpoint_dict, load_for_inference
+from hyena_rtf.checkpoints.loading import load_checkpoint_dict, load_for_inference
 
 
 def _csv_rows(run_dir: Path) -> list[dict]:
@@ -52,7 +52,7 @@ def test_loss_falls_and_the_run_holds_model_and_tokenizer(trained_run):
 def test_resume_from_a_step_checkpoint_continues_the_run_exactly(trained_run, tmp_path, monkeypatch):
     """Resumed at step 20 with the saved optimizer state, the run logs the original's losses for
     steps 20-29 and ends on its weights."""
-    from hyena_rtf import training
+    from hyena_rtf.tasks import train_task as training
 
     ckpts = trained_run.run / "checkpoints"
     step20 = ckpts / "step_0000020.ckpt"

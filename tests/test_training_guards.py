@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import TINY_MODEL, compose_cfg, wikitext_data
-from hyena_rtf.checkpoints import load_checkpoint_dict
-from hyena_rtf.training import train
+from hyena_rtf.checkpoints.loading import load_checkpoint_dict
+from hyena_rtf.tasks.train_task import train
 
 BASE = [
     *TINY_MODEL,
@@ -54,7 +54,7 @@ class NaNAtStep(L.Callback):
 
 
 def _run_with_nan(cfg, step: int):
-    from hyena_rtf import training
+    from hyena_rtf.tasks import train_task as training
 
     probe = NaNAtStep(step)
     orig = training.instantiate_dict_list
@@ -155,7 +155,7 @@ def test_stability_monitor_reports_pole_radius_and_kernel_shift():
 
     import numpy as np
 
-    from hyena_rtf.callbacks import StabilityMonitor
+    from hyena_rtf.training.callbacks import StabilityMonitor
     from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
     from hyena_rtf.modeling.presets import preset_config
 

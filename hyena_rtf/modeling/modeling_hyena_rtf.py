@@ -492,7 +492,7 @@ class HyenaRTFForCausalLM(HyenaRTFPreTrainedModel, GenerationMixin):
 def register_auto_classes() -> None:
     """Make ``AutoConfig`` / ``AutoModelForCausalLM`` resolve ``model_type="hyena_rtf"`` in this process.
 
-    Idempotent. Exported directories also carry the code (``hyena_rtf.export.export_hf``), so
+    Idempotent. Exported directories also carry the code (``hyena_rtf.checkpoints.hf_export.export_hf``), so
     ``trust_remote_code=True`` loads them where this package is not installed.
     """
     AutoConfig.register(HyenaRTFConfig.model_type, HyenaRTFConfig, exist_ok=True)

@@ -17,25 +17,21 @@ test sequences that also occur in an earlier split are redrawn, so the splits ar
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Optional
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-
-from .datamodule import ResumableSampler, _ResumableLoader
-from .errors import UserError
+from ..errors import UserError
+from ..evaluation.recall import IGNORE
+from .resumable import ResumableLoader, ResumableSampler
 
 __all__ = [
-    "copying", "associative_recall", "recall_counts", "RecallDataset", "RecallDataModule",
-    "CopyingDataModule", "AssociativeRecallDataModule", "RecallResult", "score_recall",
+    "copying", "associative_recall", "RecallDataset", "RecallDataModule", "CopyingDataModule",
+    "AssociativeRecallDataModule",
 ]
 
-IGNORE = -100
 BLANK = 0
 SPLITS = ("train", "validation", "test")
 
@@ -74,17 +70,6 @@ def associative_recall(rng: np.random.Generator, n: int, seq_len: int, num_pairs
     y = np.full((n, seq_len), IGNORE, dtype=np.int64)
     y[:, seq_len - num_queries :] = np.take_along_axis(values, asked, axis=1)
     return x, y
-
-
-# ---------------------------------------------------------------------- metrics
-def recall_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedy-decoding counts of a batch: (correct scored tokens, exactly right sequences, sequences
-    with at least one scored token). Positions with target -100 are ignored."""
-    mask = targets != IGNORE  # (B, L)
-    hit = (logits.argmax(-1) == targets) & mask  # (B, L)
-    scored = mask.any(-1)  # (B,)
-    exact = (hit | ~mask).all(-1) & scored  # (B,)
-    return hit.sum(), exact.sum(), scored.sum()
 
 
 # ---------------------------------------------------------------------- data
@@ -211,7 +196,7 @@ class RecallDataModule(L.LightningDataModule):
         if self._resume is not None:
             sampler.epoch, sampler.skip = self._resume["epoch"], self._resume["batches"] * self.batch_size
             self._resume = None
-        return _ResumableLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True,
+        return ResumableLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True,
                                 num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -291,50 +276,3 @@ class AssociativeRecallDataModule(RecallDataModule):
         names = {i: f"k{i}" for i in range(1, n_keys + 1)}
         names.update({i: f"v{i - n_keys}" for i in range(n_keys + 1, self.vocab_size)})
         return {BLANK: "<blank>", **names}
-
-
-# ---------------------------------------------------------------------- evaluation
-@dataclass
-class RecallResult:
-    """Recall accuracy of one split (greedy decoding at the scored positions)."""
-
-    split: str
-    sequences: int
-    tokens_scored: int
-    nll_sum: float
-    token_ppl: float
-    acc: float
-    exact: float
-
-    def protocol(self) -> str:
-        return (f"split={self.split}, {self.sequences:,} sequences, {self.tokens_scored:,} scored positions "
-                "(argmax prediction at every position whose target is not -100)")
-
-    def table(self) -> str:
-        rows = [("acc (per token)", f"{self.acc:.4f}"), ("exact (per sequence)", f"{self.exact:.4f}"),
-                ("loss (nats/token)", f"{self.nll_sum / max(self.tokens_scored, 1):.4f}")]
-        return "\n".join(f"{name:<21}: {val}" for name, val in rows)
-
-
-@torch.no_grad()
-def score_recall(model, data: RecallDataModule, split: str, batch_size: int, device, progress: bool = True) -> RecallResult:
-    """Score every sequence of ``split`` with ``model`` (an HF causal LM): loss, acc and exact."""
-    data.setup()
-    if model.config.vocab_size < data.vocab_size:
-        raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the task's ({data.vocab_size})")
-    l_max = model.config.max_position_embeddings
-    if data.seq_len > l_max:
-        raise UserError(f"the task's sequences ({data.seq_len} tokens) exceed the model's l_max={l_max}")
-    loader = DataLoader(data.datasets[split], batch_size=batch_size, shuffle=False)
-    nll, tokens, correct, exact, seqs = 0.0, 0, 0, 0, 0
-    for batch in tqdm(loader, desc=f"scoring {split}", unit="batch", disable=not progress):
-        x, y = batch["input_ids"].to(device), batch["targets"].to(device)
-        logits = model(input_ids=x).logits.float()  # (B, L, V)
-        nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum",
-                                                 ignore_index=IGNORE).item()
-        c, e, s = recall_counts(logits, y)
-        tokens += int((y != IGNORE).sum())
-        correct, exact, seqs = correct + int(c), exact + int(e), seqs + int(s)
-    return RecallResult(split=split, sequences=seqs, tokens_scored=tokens, nll_sum=nll,
-                        token_ppl=math.exp(min(nll / max(tokens, 1), 700.0)), acc=correct / max(tokens, 1),
-                        exact=exact / max(seqs, 1))

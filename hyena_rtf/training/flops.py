@@ -10,9 +10,9 @@ import math
 
 from torch import nn
 
-from .modeling.attention import CausalSelfAttention
-from .modeling.fftconv import fft_size
-from .modeling.long_filter import LongFilter
+from ..modeling.attention import CausalSelfAttention
+from ..modeling.fftconv import fft_size
+from ..modeling.long_filter import LongFilter
 
 __all__ = ["flops_per_token", "train_flops_per_token"]
 

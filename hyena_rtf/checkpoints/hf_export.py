@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
-from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM, register_auto_classes
+from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM, register_auto_classes
 
 __all__ = ["export_hf"]
 

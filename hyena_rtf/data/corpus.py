@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlparse
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["SPLITS", "CORPORA", "Corpus", "load_corpus", "read_text_file", "safe_pieces", "check_hub_reachable",
            "split_off_tail"]

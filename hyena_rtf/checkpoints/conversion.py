@@ -13,7 +13,7 @@ Sources (:func:`find_source`):
   an eval YAML (``model_config:`` + ``tokenizer_name:``), a run's ``.hydra/config.yaml``, or
   the LM arguments themselves.
 
-The result is a Hugging Face directory (:func:`~hyena_rtf.export.export_hf`: config, weights,
+The result is a Hugging Face directory (:func:`~hyena_rtf.checkpoints.hf_export.export_hf`: config, weights,
 tokenizer, code) that evaluate.py, generate.py, distill.py and export.py take, plus
 ``conversion.json`` (source, what each ignored option was, parameter count). Every check (paths,
 config keys, weight names and shapes, tokenizer) runs before the output directory is touched.
@@ -30,8 +30,8 @@ from typing import Iterable, Optional
 
 import torch
 
-from .errors import UserError
-from .foreign_checkpoint import load_foreign_checkpoint
+from ..errors import UserError
+from .foreign import load_foreign_checkpoint
 from .safari import map_config, map_state_dict, source_name
 
 __all__ = ["Source", "find_source", "read_source_config", "read_source_weights", "build_converted", "convert_checkpoint",
@@ -191,8 +191,8 @@ def read_source_weights(path: Path) -> dict[str, torch.Tensor]:
 def build_converted(source: Source, shift: Optional[float] = None, lm: Optional[dict] = None):
     """(model, SafariModel) for ``source`` (whose LM config ``lm`` may be passed when already read):
     config mapped, weights loaded and checked."""
-    from .modeling.configuration_hyena_rtf import HyenaRTFConfig
-    from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+    from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
+    from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 
     if lm is None:
         lm, _ = read_source_config(source)
@@ -226,7 +226,7 @@ def build_converted(source: Source, shift: Optional[float] = None, lm: Optional[
 
 # ---------------------------------------------------------------------------------------------- task
 def _tokenizer(choice: str, name: Optional[str], characters: Iterable[str], vocab_size: int):
-    from .tokenization import CHARACTER_SPECIALS, character_tokenizer, gpt2_tokenizer
+    from ..data.tokenization import CHARACTER_SPECIALS, character_tokenizer, gpt2_tokenizer
 
     if choice == "auto":
         choice = {"gpt2": "gpt2", "char": "characters", "characters": "characters"}.get(name or "", "none")
@@ -271,7 +271,7 @@ def convert_checkpoint(
     ``characters``: the character tokenizer's characters, in id order after the 7 special tokens.
     ``shift``: override the implicit window's shift (None: the source code's default).
     """
-    from .export import export_hf
+    from .hf_export import export_hf
 
     out = Path(out_dir)
     _check_out_dir(out, overwrite)

@@ -12,10 +12,10 @@ from torchmetrics import SumMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from .flops import flops_per_token
-from .metrics import bits_per_byte, perplexity
-from .modeling.configuration_hyena_rtf import HyenaRTFConfig
-from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-from .synthetic import recall_counts
+from ..evaluation.metrics import bits_per_byte, perplexity
+from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
+from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+from ..evaluation.recall import recall_counts
 
 __all__ = ["HyenaLMModule"]
 
@@ -73,7 +73,7 @@ class HyenaLMModule(L.LightningModule):
         for stage in ("val", "test"):
             setattr(self, f"_{stage}_nll", SumMetric())
             setattr(self, f"_{stage}_tokens", SumMetric())
-            # Recall tasks (hyena_rtf.synthetic): correct tokens, exact sequences, scored sequences.
+            # Recall tasks (hyena_rtf.data.synthetic): correct tokens, exact sequences, scored sequences.
             for name in ("correct", "exact", "seqs"):
                 setattr(self, f"_{stage}_{name}", SumMetric())
         self.recall_metrics = False  # set from the datamodule in setup()
@@ -240,6 +240,6 @@ class HyenaLMModule(L.LightningModule):
             if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         if "tokenizer_json" in checkpoint:
-            from .tokenization import tokenizer_from_json
+            from ..data.tokenization import tokenizer_from_json
 
             self.tokenizer = tokenizer_from_json(checkpoint["tokenizer_json"], checkpoint.get("tokenizer_special"))

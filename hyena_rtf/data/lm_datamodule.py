@@ -1,4 +1,4 @@
-"""LightningDataModule over the token caches of :mod:`hyena_rtf.data`."""
+"""LightningDataModule over the token caches of :mod:`hyena_rtf.data.token_cache`."""
 
 from __future__ import annotations
 
@@ -11,61 +11,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from .corpus import CORPORA, SPLITS, Corpus, check_hub_reachable, load_corpus
-from .data import TokenChunks, cache_key, open_tokens, prepare_cache
-from .errors import UserError
+from .token_cache import TokenChunks, cache_key, open_tokens, prepare_cache
+from ..errors import UserError
+from .resumable import ResumableLoader, ResumableSampler
 from .tokenization import TOKENIZERS, load_tokenizer
 
 DEFAULT_BPE_VOCAB = 4096
 
-__all__ = ["LMDataModule", "ResumableSampler"]
-
-
-class _ResumableLoader(DataLoader):
-    """The training loader. Its position is saved by :meth:`LMDataModule.state_dict` (which knows
-    how many batches the trainer consumed, unlike the loader, which prefetches); these methods only
-    tell Lightning that the loader resumes mid-epoch correctly."""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class ResumableSampler(DistributedSampler):
-    """Shuffles with a permutation that depends only on (seed, epoch), and can start mid-epoch.
-
-    Resuming a run from a checkpoint taken after k batches of an epoch skips exactly the samples
-    those batches used, so the resumed run sees the same batches as an uninterrupted one.
-    Under DDP each rank takes every world_size-th index of the same permutation. (It subclasses
-    DistributedSampler only so that Lightning keeps it instead of wrapping it in another one.)
-    """
-
-    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):  # noqa: D107
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.skip = 0  # a skip applies to the epoch it was saved in only
-        self.epoch = epoch
-
-    def _indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        usable = self.n - self.n % self.world_size
-        return perm[self.rank : usable : self.world_size]
-
-    def __iter__(self):
-        indices = self._indices()[self.skip :]
-        self.skip = 0
-        return iter(indices)
-
-    def __len__(self) -> int:
-        return (self.n - self.n % self.world_size) // self.world_size - self.skip
+__all__ = ["LMDataModule"]
 
 
 class LMDataModule(L.LightningDataModule):
@@ -259,7 +214,7 @@ class LMDataModule(L.LightningDataModule):
             sampler.epoch = self._resume["epoch"]
             sampler.skip = self._resume["batches"] * self.batch_size
             self._resume = None
-        return _ResumableLoader(
+        return ResumableLoader(
             self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=self._loader_rng(),
         )

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-import torch
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import check_init_from, load_initial_weights, resolve_ckpt_path
-from .errors import UserError
-from .lit_module import HyenaLMModule
-from .metrics import unigram_ppl
+from ..checkpoints.loading import check_init_from, load_initial_weights, resolve_ckpt_path
+from ..errors import UserError
+from ..training.lit_module import HyenaLMModule
+from ..evaluation.metrics import unigram_ppl
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def check_config(cfg: DictConfig) -> None:
     """Everything about a train config that can be checked without reading or tokenising data:
     unknown keys in the model/data/optim/trainer groups, seq_len against the model's context,
     vocabulary sizes. Raises :class:`UserError` with the option to change."""
-    from .datamodule import DEFAULT_BPE_VOCAB, LMDataModule
-    from .modeling.configuration_hyena_rtf import HyenaRTFConfig
+    from ..data.lm_datamodule import DEFAULT_BPE_VOCAB, LMDataModule
+    from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
 
     _unknown_keys("model", cfg.model, _constructor_keys(HyenaRTFConfig.__init__))
-    if cfg.data.get("_target_") == "hyena_rtf.datamodule.LMDataModule":
+    if cfg.data.get("_target_") == "hyena_rtf.data.lm_datamodule.LMDataModule":
         _unknown_keys("data", cfg.data, _constructor_keys(LMDataModule.__init__))
     _unknown_keys("optim", cfg.optim, _constructor_keys(HyenaLMModule.__init__) - {"model", "compile", "nonfinite"})
     _unknown_keys("trainer", cfg.trainer, _constructor_keys(L.Trainer.__init__))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["Opaque", "load_foreign_checkpoint"]
 

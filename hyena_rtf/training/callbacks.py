@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from .modeling.long_filter import LongFilter
-from .modeling.rtf import RTF
+from ..modeling.long_filter import LongFilter
+from ..modeling.rtf import RTF
 
 __all__ = ["SampleGeneration", "StabilityMonitor", "TokenThroughputMonitor", "ParameterSummary"]
 

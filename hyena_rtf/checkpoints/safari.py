@@ -35,7 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["SafariModel", "map_config", "map_state_dict", "source_name", "FLAVORS"]
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
     The model is in eval mode. Raises :class:`UserError` with a one-line reason for a missing
     path, a damaged file or a checkpoint of another architecture.
     """
-    from .modeling.configuration_hyena_rtf import HyenaRTFConfig
-    from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-    from .tokenization import load_tokenizer, tokenizer_from_json
+    from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
+    from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+    from ..data.tokenization import load_tokenizer, tokenizer_from_json
 
     path = Path(path)
     if path.is_dir():
@@ -156,7 +156,7 @@ def check_init_from(path: str | Path, model_cfg: dict) -> None:
     Loading weights into a model built with another option would change their meaning silently
     (e.g. RTF denominators of ``rtf_constraint=none`` read as reflection parameters).
     """
-    from .modeling.configuration_hyena_rtf import HyenaRTFConfig
+    from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
 
     path = Path(path)
     if not path.exists():

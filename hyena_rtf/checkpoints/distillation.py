@@ -28,13 +28,13 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import is_intact, load_checkpoint_dict
-from .errors import UserError
-from .modeling.configuration_hyena_rtf import HyenaRTFConfig
-from .modeling.filters import MIXER_FILTERS
-from .modeling.hyena import HyenaOperator
-from .modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-from .modeling.rtf_fit import fit_rtf
+from .loading import is_intact, load_checkpoint_dict
+from ..errors import UserError
+from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
+from ..modeling.filters import MIXER_FILTERS
+from ..modeling.hyena import HyenaOperator
+from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
+from ..modeling.rtf_fit import fit_rtf
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ def _exported_config(path: Path) -> dict:
 
 
 def _perplexity(model, tokenizer, text: str, context: int, batch_size: int, device, progress: bool) -> float:
-    from .data import tokenize_text
-    from .evaluation import score_tokens
-    from .metrics import perplexity
+    from ..data.token_cache import tokenize_text
+    from ..evaluation.perplexity import score_tokens
+    from ..evaluation.metrics import perplexity
 
     ids = tokenize_text(tokenizer, text, False, desc="tokenizing")
     nll, count = score_tokens(model.to(device), ids, context, context, batch_size, device, progress)
@@ -238,7 +238,7 @@ def distill_checkpoint(
     ``eval_text`` the teacher's and the student's perplexities on it (non-overlapping l_max
     windows) go into the summary. Input problems raise :class:`UserError` before any fitting.
     """
-    from .checkpoints import load_for_inference
+    from .loading import load_for_inference
 
     path = resolve_teacher(ckpt_path)
     if path.is_dir():  # a Hugging Face directory: its config.json holds the model's fields

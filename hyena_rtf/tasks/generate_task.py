@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from transformers import TextStreamer
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["encode_prompt", "generate_text"]
 
@@ -64,7 +64,7 @@ def generate(cfg) -> str:
     """The generate task: load a checkpoint or HF directory, stream a continuation of the prompt."""
     from pathlib import Path
 
-    from .checkpoints import load_for_inference
+    from ..checkpoints.loading import load_for_inference
 
     if not cfg.get("ckpt_path"):
         raise UserError("generate needs ckpt_path=<file.ckpt or exported model dir>")

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .corpus import SPLITS, Corpus, safe_pieces
-from .errors import UserError
+from ..errors import UserError
 from .tokenization import EOS, TOKENIZERS, gpt2_tokenizer, load_tokenizer, tokenizer_identity, train_bpe
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Scoring: perplexity over whole splits, recall accuracy, and the metric formulas both use."""

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from hyena_rtf.training.lit_module import HyenaLMModule
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 from hyena_rtf.modeling.presets import PRESETS
-from hyena_rtf.tasks.train_task import quiet_lightning
+from hyena_rtf.training.console import quiet_lightning
 from hyena_rtf.data.synthetic import AssociativeRecallDataModule, CopyingDataModule, RecallDataModule
 from hyena_rtf.evaluation.recall import score_recall
 

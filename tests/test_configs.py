@@ -119,7 +119,7 @@ def test_wt103_experiment_is_the_paper_recipe(tmp_path):
     assert (d.corpus, d.tokenizer, d.seq_len) == ("wikitext103", "gpt2", 1024)
     assert d.batch_size * t.devices * t.accumulate_grad_batches == 128  # global batch
     assert (o.lr, o.weight_decay, o.filter_lr, o.filter_weight_decay) == (1e-3, 0.25, 1e-3, 0.0)
-    assert o.decay_norm_and_bias and list(o.betas) == [0.9, 0.999]
+    assert o.decay_norm_and_bias and o.optimizer._target_ == "torch.optim.AdamW" and list(o.optimizer.betas) == [0.9, 0.999]
     assert (t.max_steps, o.warmup_steps, o.min_lr_rate, t.gradient_clip_val) == (90000, 900, 0.1, 1.0)
     assert cfg.seed == 2222
     model_cfg = OmegaConf.to_container(m)

@@ -1,4 +1,5 @@
-"""LightningDataModule over the token caches of :mod:`hyena_rtf.data.token_cache`."""
+"""Language-modelling data: a corpus and a tokenizer served as fixed-length chunks from the token
+cache, behind the :class:`~hyena_rtf.data.protocol.TaskData` contract."""
 
 from __future__ import annotations
 
@@ -6,24 +7,26 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from .corpus import CORPORA, SPLITS, Corpus, check_hub_reachable, load_corpus
-from .token_cache import TokenChunks, cache_key, open_tokens, prepare_cache
 from ..errors import UserError
+from ..evaluation.metrics import unigram_ppl
+from ..evaluation.perplexity import EvalResult, evaluate_ids
+from .protocol import ModelLimits, ScoreOptions, TaskData
 from .resumable import ResumableLoader, ResumableSampler
-from .tokenization import TOKENIZERS, load_tokenizer
+from .token_cache import TokenChunks, cache_key, open_tokens, prepare_cache, text_stats, tokenize_text
+from .tokenization import GPT2_VOCAB_SIZE, TOKENIZERS, load_tokenizer
 
 DEFAULT_BPE_VOCAB = 4096
 
 __all__ = ["LMDataModule"]
 
 
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(TaskData):
     """Language-modelling data: a corpus, a tokenizer, fixed-length non-overlapping chunks.
 
     Args:
@@ -183,6 +186,51 @@ class LMDataModule(L.LightningDataModule):
     def token_array(self, split: str) -> np.ndarray:
         """All token ids of ``split`` (a read-only memmap)."""
         return open_tokens(self.entry, split)
+
+    # ------------------------------------------------------------------ the TaskData contract
+    def check_model(self, limits: ModelLimits) -> None:
+        """The chunks must fit the model's context and every token id its vocabulary."""
+        super().check_model(limits)
+        hp = self.hparams
+        data_vocab = GPT2_VOCAB_SIZE if hp.tokenizer == "gpt2" else self.vocab_size
+        if limits.vocab_size is not None and limits.vocab_size < data_vocab:
+            raise UserError(
+                f"model.vocab_size={limits.vocab_size} is smaller than the tokenizer's {data_vocab} "
+                f"(data.tokenizer={hp.tokenizer}); set model.vocab_size=null to take it from the tokenizer"
+            )
+
+    def split_rates(self, split: str) -> Optional[dict[str, float]]:
+        """Words and bytes per token of a prepared split (None before it is tokenised)."""
+        meta_path = self.entry / "meta.json"
+        if not meta_path.is_file():
+            return None
+        counts = json.loads(meta_path.read_text())["splits"].get(split)
+        if not counts or not counts.get("tokens"):
+            return None
+        return {"words_per_token": counts["words"] / counts["tokens"], "bytes_per_token": counts["bytes"] / counts["tokens"]}
+
+    def baseline_ppl(self, split: str) -> Optional[tuple[str, float]]:
+        """The unigram perplexity of the training split's token frequencies on ``split``."""
+        if "train" not in self.available_splits():
+            return None
+        value = unigram_ppl(self.token_array("train"), self.token_array(split), len(self.tokenizer))
+        return "unigram ppl of the same tokenizer on the same split", value
+
+    def score(self, model, tokenizer, split: str, options: ScoreOptions) -> EvalResult:
+        """Token / word perplexity and bits per byte of the whole split, tokenised with the model's
+        own ``tokenizer``; word and byte counts come from the raw text, so word ppl and bits per
+        byte compare across tokenizers."""
+        text = self.corpus.text(split)
+        ids = tokenize_text(tokenizer, text, self.hparams.add_eos, desc=f"tokenizing {split}")
+        l_max = model.config.max_position_embeddings
+        context = options.context or l_max
+        if context > l_max:
+            raise UserError(f"context={context} exceeds l_max={l_max}: parallel scoring is limited to the kernel length")
+        if not options.include_tail:
+            n = (len(ids) - 1) // context * context + 1  # drop the incomplete last chunk, as training does
+            ids = ids[:n]
+        return evaluate_ids(model, ids, split, context, options.stride, text_stats(text), options.batch_size,
+                            options.device, progress=options.progress)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from ..errors import UserError
-from ..evaluation.recall import IGNORE
+from ..evaluation.recall import IGNORE, ExactRecall, RecallAccuracy, RecallResult, score_recall
+from .protocol import ModelLimits, ScoreOptions, TaskData
 from .resumable import ResumableLoader, ResumableSampler
 
 __all__ = [
@@ -86,11 +86,11 @@ class RecallDataset(Dataset):
         return {"input_ids": self.inputs[i], "targets": self.targets[i]}
 
 
-class RecallDataModule(L.LightningDataModule):
+class RecallDataModule(TaskData):
     """Base of the synthetic tasks: seeded splits, loaders and a word-level tokenizer of the symbols.
 
-    Subclasses set ``seq_len`` and implement :meth:`generate`. The module's ``recall_metrics``
-    attribute makes the LightningModule log ``val/acc`` and ``val/exact``.
+    Subclasses set ``seq_len`` and implement :meth:`generate`. Its metrics make the training
+    module log ``val/acc`` and ``val/exact``; evaluate.py scores the same way (:meth:`score`).
 
     Args:
         vocab_size: number of token ids the task uses (the model's vocabulary follows it).
@@ -100,8 +100,6 @@ class RecallDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         seed: the seed every split is generated from (and of the training order).
     """
-
-    recall_metrics = True
 
     def __init__(self, vocab_size: int, train_size: int = 10_000, eval_size: int = 1_000, batch_size: int = 32,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0):
@@ -155,6 +153,22 @@ class RecallDataModule(L.LightningDataModule):
         unknown = [s for s in needed if s not in SPLITS]
         if unknown:
             raise UserError(f"split {unknown[0]!r} does not exist; a synthetic task has the splits {', '.join(SPLITS)}")
+
+    def check_model(self, limits: ModelLimits) -> None:
+        """The sequences must fit the model's context and every symbol its vocabulary."""
+        super().check_model(limits)
+        if limits.vocab_size is not None and limits.vocab_size < self.vocab_size:
+            raise UserError(f"model.vocab_size={limits.vocab_size} is smaller than the task's {self.vocab_size} symbols "
+                            "(data.vocab_size); set model.vocab_size=null to take it from the task")
+
+    def eval_metrics(self) -> dict:
+        """Greedy recall: ``acc`` per scored position, ``exact`` per sequence."""
+        return {"acc": RecallAccuracy(), "exact": ExactRecall()}
+
+    def score(self, model, tokenizer, split: str, options: ScoreOptions) -> RecallResult:
+        """Loss, accuracy and exact-sequence rate of the whole split (the tokenizer is not needed:
+        the task's sequences are already token ids)."""
+        return score_recall(model, self, split, options.batch_size, options.device, progress=options.progress)
 
     def prepare_data(self) -> None:
         """Nothing to download: every split is generated in :meth:`setup`."""
@@ -237,6 +251,16 @@ class CopyingDataModule(RecallDataModule):
         super().__init__(vocab_size, **kwargs)
         self.mem_len, self.delay = mem_len, delay
         self.seq_len = 2 * mem_len + delay
+
+    def check_model(self, limits: ModelLimits) -> None:
+        """The block, the delay and the copies must fit the model's context."""
+        if limits.max_positions is not None and self.seq_len > limits.max_positions:
+            raise UserError(
+                f"data=copying makes sequences of 2 * data.mem_len + data.delay = {self.seq_len} tokens, more than "
+                f"model.max_position_embeddings={limits.max_positions}; lower data.mem_len or data.delay, or raise "
+                "model.max_position_embeddings"
+            )
+        super().check_model(limits)
 
     def generate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         return copying(rng, n, self.mem_len, self.delay, self.vocab_size)

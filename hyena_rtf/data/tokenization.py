@@ -16,11 +16,13 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOKENIZERS", "EOS", "gpt2_tokenizer", "train_bpe", "load_tokenizer", "tokenizer_from_json", "wrap",
+__all__ = ["TOKENIZERS", "EOS", "GPT2_VOCAB_SIZE", "gpt2_tokenizer", "train_bpe", "load_tokenizer", "tokenizer_from_json", "wrap",
            "character_tokenizer", "CHARACTER_SPECIALS"]
 
 TOKENIZERS = ("gpt2", "bpe")
 EOS = "<|endoftext|>"
+# The fixed size of the GPT-2 vocabulary (50,000 merges, 256 bytes, <|endoftext|>).
+GPT2_VOCAB_SIZE = 50257
 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:

@@ -11,10 +11,9 @@ import torch
 from hydra.utils import instantiate
 
 from ..checkpoints.loading import load_for_inference
-from ..data.token_cache import text_stats, tokenize_text
+from ..data.protocol import ScoreOptions, TaskData
 from ..errors import UserError
-from ..evaluation.perplexity import EvalResult, evaluate_ids
-from ..evaluation.recall import score_recall
+from ..evaluation.perplexity import EvalResult
 
 __all__ = ["evaluate", "result_path", "write_result"]
 
@@ -54,9 +53,10 @@ def evaluate(cfg) -> EvalResult:
     if not cfg.get("ckpt_path"):
         raise UserError("evaluate needs ckpt_path=<file.ckpt or exported model dir>")
     # Everything that can fail on the user's input fails before the model loads or text is tokenised.
-    datamodule = instantiate(cfg.data)  # only its corpus is used: the checkpoint's tokenizer tokenises
-    if hasattr(datamodule, "check"):
-        datamodule.check([cfg.split])
+    datamodule = instantiate(cfg.data)  # its text or sequences; the checkpoint's tokenizer tokenises
+    if not isinstance(datamodule, TaskData):
+        raise UserError(f"data._target_={cfg.data.get('_target_')} is not a hyena_rtf.data.protocol.TaskData")
+    datamodule.check([cfg.split])
     out = result_path(cfg)
     if out.exists() and not cfg.get("overwrite", False):
         raise UserError(f"{out} exists; pass overwrite=true or choose another output file (output=...)")
@@ -64,28 +64,10 @@ def evaluate(cfg) -> EvalResult:
     model, tokenizer = load_for_inference(cfg.ckpt_path, device)
     if tokenizer is None:
         raise UserError(f"{cfg.ckpt_path} carries no tokenizer; export it with its tokenizer first")
-    if getattr(datamodule, "recall_metrics", False):  # a synthetic recall task: accuracy, not perplexity
-        result = score_recall(model, datamodule, cfg.split, cfg.batch_size, device, progress=cfg.get("progress", True))
-    else:
-        result = _score_corpus(cfg, model, tokenizer, datamodule, device)
+    options = ScoreOptions(batch_size=cfg.batch_size, device=device, context=cfg.get("context"), stride=cfg.get("stride"),
+                           include_tail=cfg.get("include_tail", True), progress=cfg.get("progress", True))
+    result = datamodule.score(model, tokenizer, cfg.split, options)
     print(f"\n{result.protocol()}\n{result.table()}\n", flush=True)
     write_result(result, out, cfg.get("overwrite", False))
     print(f"results written to {out}")
     return result
-
-
-def _score_corpus(cfg, model, tokenizer, datamodule, device) -> EvalResult:
-    """Token / word perplexity and bits per byte of the whole split of a text corpus."""
-    corpus = datamodule.corpus
-    text = corpus.text(cfg.split)
-    ids = tokenize_text(tokenizer, text, cfg.data.get("add_eos", False), desc=f"tokenizing {cfg.split}")
-    l_max = model.config.max_position_embeddings
-    context = cfg.context or l_max
-    if context > l_max:
-        raise UserError(f"context={context} exceeds l_max={l_max}: parallel scoring is limited to the kernel length")
-    if not cfg.get("include_tail", True):
-        n = (len(ids) - 1) // context * context + 1  # drop the incomplete last chunk, as training does
-        ids = ids[:n]
-    stats = text_stats(text)
-    return evaluate_ids(model, ids, cfg.split, context, cfg.stride, stats, cfg.batch_size, device,
-                        progress=cfg.get("progress", True))

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from ..data.protocol import TaskData
 from ..modeling.long_filter import LongFilter
 from ..modeling.rtf import RTF
 
@@ -43,7 +44,8 @@ class SampleGeneration(L.Callback):
     def _prompts(self, trainer: L.Trainer) -> list[str]:
         if self.prompts is not None:
             return self.prompts
-        return list(getattr(trainer.datamodule, "sample_prompts", None) or ["The "])
+        dm = trainer.datamodule
+        return list((dm.sample_prompts if isinstance(dm, TaskData) else None) or ["The "])
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+import inspect
+from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class
+from torch import nn
 from torchmetrics import SumMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from .flops import flops_per_token
+from ..data.protocol import TaskData
 from ..evaluation.metrics import bits_per_byte, perplexity
 from ..modeling.configuration_hyena_rtf import HyenaRTFConfig
 from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
-from ..evaluation.recall import recall_counts
+from .flops import flops_per_token
 
 __all__ = ["HyenaLMModule"]
 
@@ -26,8 +29,9 @@ class HyenaLMModule(L.LightningModule):
     Args:
         model: keyword arguments of :class:`HyenaRTFConfig` (the Hydra ``model`` group).
         lr: peak learning rate of the non-filter parameters.
-        weight_decay: AdamW weight decay of the non-filter parameters.
-        betas: AdamW betas.
+        weight_decay: weight decay of the non-filter parameters.
+        optimizer: the optimizer class and its other arguments, ``{"_target_": "torch.optim.AdamW",
+            "betas": [0.9, 0.999]}`` (the default); it receives the parameter groups and ``lr``.
         filter_lr: peak learning rate of the long-filter (RTF / implicit) parameters.
         filter_weight_decay: weight decay of the long-filter parameters.
         filter_pole_lr: peak learning rate of the filters' pole parameters (RTF denominators, S4D
@@ -45,7 +49,7 @@ class HyenaLMModule(L.LightningModule):
         model: dict,
         lr: float = 1e-3,
         weight_decay: float = 0.25,
-        betas: Sequence[float] = (0.9, 0.999),
+        optimizer: Optional[dict] = None,
         filter_lr: float = 1e-3,
         filter_weight_decay: float = 0.0,
         filter_pole_lr: Optional[float] = None,
@@ -70,13 +74,9 @@ class HyenaLMModule(L.LightningModule):
         self._compiled: Optional[torch.nn.Module] = None
         self.eval_ratios: dict[str, dict[str, float]] = {}
         self.tokenizer = None  # set by the training task; saved inside checkpoints
-        for stage in ("val", "test"):
-            setattr(self, f"_{stage}_nll", SumMetric())
-            setattr(self, f"_{stage}_tokens", SumMetric())
-            # Recall tasks (hyena_rtf.data.synthetic): correct tokens, exact sequences, scored sequences.
-            for name in ("correct", "exact", "seqs"):
-                setattr(self, f"_{stage}_{name}", SumMetric())
-        self.recall_metrics = False  # set from the datamodule in setup()
+        # Summed NLL and scored tokens per evaluation stage, and the data's own metrics (set in setup).
+        self.eval_sums = nn.ModuleDict({s: nn.ModuleDict({"nll": SumMetric(), "tokens": SumMetric()}) for s in ("val", "test")})
+        self.data_metrics = nn.ModuleDict({s: nn.ModuleDict() for s in ("val", "test")})
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ forward / loss
@@ -96,24 +96,17 @@ class HyenaLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit" and self._compiled is None:
             self._compiled = torch.compile(self.net)
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self.recall_metrics = bool(getattr(dm, "recall_metrics", False))
-        if dm is not None and hasattr(dm, "meta"):
-            for split, stage_name in (("validation", "val"), ("test", "test")):
-                try:
-                    meta = dm.meta(split)
-                except Exception:  # split not prepared (e.g. fit without test data)
-                    continue
-                if meta.get("tokens"):
-                    self.eval_ratios[stage_name] = {
-                        "words_per_token": meta["words"] / meta["tokens"],
-                        "bytes_per_token": meta["bytes"] / meta["tokens"],
-                    }
-            seq_len = getattr(dm, "seq_len", None)
-            batch_size = getattr(dm, "batch_size", None)
-            if seq_len and batch_size:
-                # Lightning's ThroughputMonitor reads this for MFU; FFTs are counted analytically.
-                self.flops_per_batch = int(3 * flops_per_token(self.net, seq_len) * seq_len * batch_size)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(dm, TaskData):  # loaders passed by hand: loss and perplexity only
+            return
+        for split, stage_name in (("validation", "val"), ("test", "test")):
+            self.data_metrics[stage_name] = nn.ModuleDict(dm.eval_metrics())
+            rates = dm.split_rates(split)
+            if rates:
+                self.eval_ratios[stage_name] = rates
+        if dm.seq_len and dm.batch_size:
+            # Lightning's ThroughputMonitor reads this for MFU; FFTs are counted analytically.
+            self.flops_per_batch = int(3 * flops_per_token(self.net, dm.seq_len) * dm.seq_len * dm.batch_size)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> Optional[torch.Tensor]:
@@ -147,11 +140,10 @@ class HyenaLMModule(L.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         logits = self(batch["input_ids"])  # (B, L, V)
         nll, count = self.nll(batch, logits)
-        getattr(self, f"_{stage}_nll").update(nll.double())
-        getattr(self, f"_{stage}_tokens").update(count.double())
-        if self.recall_metrics:
-            for name, value in zip(("correct", "exact", "seqs"), recall_counts(logits, batch["targets"])):
-                getattr(self, f"_{stage}_{name}").update(value.double())
+        self.eval_sums[stage]["nll"].update(nll.double())
+        self.eval_sums[stage]["tokens"].update(count.double())
+        for metric in self.data_metrics[stage].values():
+            metric.update(logits, batch["targets"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -160,20 +152,16 @@ class HyenaLMModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        nll_metric, tok_metric = getattr(self, f"_{stage}_nll"), getattr(self, f"_{stage}_tokens")
-        nll, tokens = nll_metric.compute(), tok_metric.compute()
-        nll_metric.reset()
-        tok_metric.reset()
+        sums = self.eval_sums[stage]
+        nll, tokens = sums["nll"].compute(), sums["tokens"].compute()
+        data_metrics = {name: m.compute().item() for name, m in self.data_metrics[stage].items()} if tokens > 0 else {}
+        for m in (*sums.values(), *self.data_metrics[stage].values()):
+            m.reset()
         if tokens <= 0:
             return
         loss = (nll / tokens).item()
         metrics = {f"{stage}/loss": loss, f"{stage}/ppl": perplexity(nll.item(), tokens.item())}
-        if self.recall_metrics:
-            correct, exact, seqs = (getattr(self, f"_{stage}_{n}") for n in ("correct", "exact", "seqs"))
-            metrics[f"{stage}/acc"] = (correct.compute() / tokens).item()
-            metrics[f"{stage}/exact"] = (exact.compute() / seqs.compute().clamp_min(1)).item()
-            for m in (correct, exact, seqs):
-                m.reset()
+        metrics.update({f"{stage}/{name}": value for name, value in data_metrics.items()})
         ratios = self.eval_ratios.get(stage)
         if ratios:
             # Token-weighted NLL converted with the split's words/bytes per token (exact when the
@@ -210,8 +198,11 @@ class HyenaLMModule(L.LightningModule):
             decay_norm_and_bias=hp.decay_norm_and_bias,
             filter_pole_lr=hp.get("filter_pole_lr"),
         )
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        spec = dict(hp.get("optimizer") or {"_target_": "torch.optim.AdamW"})
+        optimizer_cls = get_class(spec.pop("_target_"))
+        if "fused" in inspect.signature(optimizer_cls).parameters and "fused" not in spec:
+            spec["fused"] = self.device.type == "cuda"  # one kernel per step where the optimizer has one
+        optimizer = optimizer_cls(groups, lr=hp.lr, **spec)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         # min_lr_rate (not min_lr) so the filter group decays relative to its own peak lr.

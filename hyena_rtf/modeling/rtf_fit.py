@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rtf import RTF, _RationalKernel
+from .rtf import RTF
+from .rtf_kernel import RationalKernel, companion_poles
 
 __all__ = [
     "FitResult",
@@ -146,13 +147,7 @@ def poly_from_roots(roots: Tensor) -> Tensor:
 
 def max_pole_radius(den: Tensor) -> Tensor:
     """Largest |pole| (C,) of monic denominators (C, N+1), from companion-matrix eigenvalues."""
-    a = den[:, 1:].double()
-    C, N = a.shape
-    comp = torch.zeros(C, N, N, dtype=torch.float64, device=a.device)
-    comp[:, 0, :] = -a
-    if N > 1:
-        comp[:, 1:, :-1] = torch.eye(N - 1, dtype=torch.float64, device=a.device)
-    return torch.linalg.eigvals(comp).abs().amax(-1)
+    return companion_poles(den[:, 1:].double()).abs().amax(-1)
 
 
 def shrink_to_l1(den: Tensor, margin: float = 1e-3) -> Tensor:
@@ -346,7 +341,7 @@ def fit_rtf(
     def deployed_loss() -> Tensor:
         """Per-channel loss of the kernel as the student computes it (param_dtype throughout)."""
         a = rtf.denominator().to(param_dtype)
-        kern = _RationalKernel.apply(rtf.b.to(param_dtype), a, rtf.h0.to(param_dtype), L, L).double()
+        kern = RationalKernel.apply(rtf.b.to(param_dtype), a, rtf.h0.to(param_dtype), L, L).double()
         return ((kern - target) ** 2).sum(-1) * weights  # (C,)
 
     def stable_rows() -> Tensor:
@@ -394,7 +389,7 @@ def fit_rtf(
     with torch.no_grad():
         for p, snap in zip(params, best):
             p.copy_(snap)
-        rel, mse = _channel_errors(_RationalKernel.apply(
+        rel, mse = _channel_errors(RationalKernel.apply(
             rtf.b.to(param_dtype), rtf.denominator().to(param_dtype), rtf.h0.to(param_dtype), L, L).double(), target)
         radius = max_pole_radius(F.pad(rtf.denominator(), (1, 0), value=1.0))
     rtf._rec_cache = {}

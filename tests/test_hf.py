@@ -81,7 +81,7 @@ def test_export_ships_every_modeling_file(tmp_path):
     code = {
         "attention.py", "blocks.py", "cache.py", "configuration_hyena_rtf.py", "fftconv.py",
         "filters.py", "hyena.py", "implicit_filter.py", "long_filter.py", "mixer.py", "mixers.py", "modeling_hyena_rtf.py",
-        "reflection.py", "rtf.py", "s4d.py", "sections.py",
+        "reflection.py", "rtf.py", "rtf_init.py", "rtf_kernel.py", "rtf_recurrence.py", "s4d.py", "sections.py",
     }
     assert set(files) == code | {"config.json", "generation_config.json", "model.safetensors"}
     auto_map = json.loads((tmp_path / "e" / "config.json").read_text())["auto_map"]

@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rtf import RTF, _RationalKernel
+from .rtf import RTF
+from .rtf_kernel import RationalKernel, companion_poles
 
 __all__ = [
     "FitResult",
@@ -146,13 +147,7 @@ def poly_from_roots(roots: Tensor) -> Tensor:
 
 def max_pole_radius(den: Tensor) -> Tensor:
     """Largest |pole| (C,) of monic denominators (C, N+1), from companion-matrix eigenvalues."""
-    a = den[:, 1:].double()
-    C, N = a.shape
-    comp = torch.zeros(C, N, N, dtype=torch.float64, device=a.device)
-    comp[:, 0, :] = -a
-    if N > 1:
-        comp[:, 1:, :-1] = torch.eye(N - 1, dtype=torch.float64, device=a.device)
-    return torch.linalg.eigvals(comp).abs().amax(-1)
+    return companion_poles(den[:, 1:].double()).abs().amax(-1)
 
 
 def shrink_to_l1(den: Tensor, margin: float = 1e-3) -> Tensor:
@@ -319,6 +314,28 @@ def fit_rtf(
     N = state_size
     if not 1 <= N < L:
         raise ValueError(f"state_size must be in [1, {L - 1}] for kernels of length {L}, got {N}")
+    den, b, h0 = _closed_form_bank(target, N, constraint, param_dtype, max_radius, hankel_taps, chunk, progress)
+    rtf = _bank_from_coefficients(den, b, h0, L, constraint)
+    scores = _Scores(rtf, target, param_dtype, max_radius)
+    with torch.no_grad():
+        best_loss = scores.deployed()  # (C,)
+        closed_rel = best_loss.sqrt()  # (C,) relative error of the closed form, as the student computes it
+        best_loss = torch.where(scores.stable(), best_loss, torch.full_like(best_loss, math.inf))
+    step, reverted = _refine(rtf, scores, best_loss, max_steps, lr, tol, patience, check_every, progress)
+    with torch.no_grad():
+        rel, mse = _channel_errors(RationalKernel.apply(
+            rtf.b.to(param_dtype), rtf.denominator().to(param_dtype), rtf.h0.to(param_dtype), L, L).double(), target)
+        radius = max_pole_radius(F.pad(rtf.denominator(), (1, 0), value=1.0))
+    rtf._rec_cache = {}
+    return FitResult(rtf=rtf, rel_err=rel, mse=mse, pole_radius=radius, closed_form_rel_err=closed_rel,
+                     steps=step, reverted=reverted)
+
+
+def _closed_form_bank(target: Tensor, N: int, constraint: str, param_dtype, max_radius: float,
+                      hankel_taps: Optional[int], chunk: Optional[int],
+                      progress: Optional[Callable]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stages 1-2 over channel chunks: (den (C, N+1), b (C, N), h0 (C,)), fp64."""
+    C, L = target.shape
     if chunk is None:  # ~2^24 Hankel entries per chunk (two (chunk, M, M) fp64 tensors: ~256 MiB)
         chunk = max(1, 2**24 // (L * L))
     parts = []
@@ -328,7 +345,12 @@ def fit_rtf(
         if progress is not None:
             progress("closed-form fit", min(start + chunk, C), C, None)
     den, b, h0, _ = (torch.cat(t, 0) for t in zip(*parts))
+    return den, b, h0
 
+
+def _bank_from_coefficients(den: Tensor, b: Tensor, h0: Tensor, L: int, constraint: str) -> RTF:
+    """An fp64 RTF (C channels, order N, l_max = L) holding den (C, N+1), b (C, N), h0 (C,)."""
+    C, N = b.shape
     rtf = RTF(C, N, L, init="zeros", constraint=constraint, dtype=torch.float64)
     with torch.no_grad():
         rtf.a_raw.copy_(den[:, 1:])
@@ -337,26 +359,41 @@ def fit_rtf(
         if constraint == "l1_montel":
             # denominator() divides by sum|a_raw| + |scale| + 1e-6: make that exactly 1.
             rtf.montel_scale.copy_((1.0 - 1e-6 - den[:, 1:].abs().sum(-1)).clamp_min(0.0))
-    params = list(rtf.parameters())
-    weights = 1.0 / (target**2).sum(-1).clamp_min(1e-30)  # (C,): relative squared error per channel
+    return rtf
 
-    def per_channel_loss() -> Tensor:
-        return ((rtf.kernel(L) - target) ** 2).sum(-1) * weights  # (C,)
 
-    def deployed_loss() -> Tensor:
+class _Scores:
+    """Per-channel relative squared errors (C,) of a bank's kernels against the target, and which
+    channels are stable, both as training sees them and as the student will compute them."""
+
+    def __init__(self, rtf: RTF, target: Tensor, param_dtype, max_radius: float):
+        self.rtf, self.target, self.param_dtype, self.max_radius = rtf, target, param_dtype, max_radius
+        self.L = target.shape[1]
+        self.weights = 1.0 / (target**2).sum(-1).clamp_min(1e-30)  # (C,): relative squared error per channel
+
+    def training(self) -> Tensor:
+        """Loss (C,) of the fp64 kernel that the refinement differentiates."""
+        return ((self.rtf.kernel(self.L) - self.target) ** 2).sum(-1) * self.weights  # (C,)
+
+    def deployed(self) -> Tensor:
         """Per-channel loss of the kernel as the student computes it (param_dtype throughout)."""
-        a = rtf.denominator().to(param_dtype)
-        kern = _RationalKernel.apply(rtf.b.to(param_dtype), a, rtf.h0.to(param_dtype), L, L).double()
-        return ((kern - target) ** 2).sum(-1) * weights  # (C,)
+        rtf, dt = self.rtf, self.param_dtype
+        a = rtf.denominator().to(dt)
+        kern = RationalKernel.apply(rtf.b.to(dt), a, rtf.h0.to(dt), self.L, self.L).double()
+        return ((kern - self.target) ** 2).sum(-1) * self.weights  # (C,)
 
-    def stable_rows() -> Tensor:
-        den_q = F.pad(rtf.denominator().to(param_dtype).double(), (1, 0), value=1.0)
-        return torch.isfinite(den_q).all(-1) & (max_pole_radius(den_q) < max_radius)  # (C,)
+    def stable(self) -> Tensor:
+        """(C,) bool: the denominators rounded to param_dtype are finite, poles below max_radius."""
+        den_q = F.pad(self.rtf.denominator().to(self.param_dtype).double(), (1, 0), value=1.0)
+        return torch.isfinite(den_q).all(-1) & (max_pole_radius(den_q) < self.max_radius)  # (C,)
 
-    with torch.no_grad():
-        best_loss = deployed_loss()  # (C,)
-        closed_rel = best_loss.sqrt()  # (C,) relative error of the closed form, as the student computes it
-        best_loss = torch.where(stable_rows(), best_loss, torch.full_like(best_loss, math.inf))
+
+def _refine(rtf: RTF, scores: _Scores, best_loss: Tensor, max_steps: int, lr: float, tol: float,
+            patience: int, check_every: int, progress: Optional[Callable]) -> tuple[int, int]:
+    """Stage 3 in place: Adam on ``scores.training``, every ``check_every`` steps keep each
+    channel's best stable coefficients (scored by ``scores.deployed``, starting from ``best_loss``
+    (C,)) and revert unstable ones; ``rtf`` ends at the snapshots. Returns (steps, reverts)."""
+    params = list(rtf.parameters())
     best = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=lr)
     history: list[float] = []
@@ -364,13 +401,13 @@ def fit_rtf(
     for step in range(1, max_steps + 1):
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():  # callers may hold no_grad (e.g. while converting a model)
-            per_channel_loss().sum().backward()
+            scores.training().sum().backward()
         opt.step()
         if step % check_every and step != max_steps:
             continue
         with torch.no_grad():
-            loss_c = deployed_loss()
-            stable = stable_rows() & torch.isfinite(loss_c)
+            loss_c = scores.deployed()
+            stable = scores.stable() & torch.isfinite(loss_c)
             better = stable & (loss_c < best_loss)
             bad = ~stable
             reverted += int(bad.sum())
@@ -394,9 +431,4 @@ def fit_rtf(
     with torch.no_grad():
         for p, snap in zip(params, best):
             p.copy_(snap)
-        rel, mse = _channel_errors(_RationalKernel.apply(
-            rtf.b.to(param_dtype), rtf.denominator().to(param_dtype), rtf.h0.to(param_dtype), L, L).double(), target)
-        radius = max_pole_radius(F.pad(rtf.denominator(), (1, 0), value=1.0))
-    rtf._rec_cache = {}
-    return FitResult(rtf=rtf, rel_err=rel, mse=mse, pole_radius=radius, closed_form_rel_err=closed_rel,
-                     steps=step, reverted=reverted)
+    return step, reverted

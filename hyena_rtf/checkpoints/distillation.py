@@ -105,6 +105,64 @@ def check_stable(model: HyenaRTFForCausalLM) -> list[float]:
     return radii
 
 
+def _student_of(teacher: HyenaRTFForCausalLM, state_size: int, constraint: str) -> HyenaRTFForCausalLM:
+    """A freshly initialised ``mixer=hyena_rtf`` model of the teacher's shape and dtype."""
+    cfg = teacher.config.to_dict()
+    # The student's RTF options describe a fitted filter, not an initialisation: plain coefficients
+    # (no reflection parametrisation), one denominator per channel.
+    cfg.update(mixer="hyena_rtf", state_size=state_size, rtf_constraint=constraint, rtf_num_a=None, rtf_decay=None)
+    student_cfg = HyenaRTFConfig(**{k: v for k, v in cfg.items() if k in HyenaRTFConfig().to_dict()})
+    return HyenaRTFForCausalLM(student_cfg).to(next(teacher.parameters()).dtype)
+
+
+class _StageBars:
+    """One progress bar per stage of :func:`fit_rtf` (closed form over channels, then refinement
+    steps), as its ``progress`` callback."""
+
+    def __init__(self, kernels: int, state_size: int, enabled: bool):
+        self.kernels, self.state_size, self.enabled = kernels, state_size, enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int, loss: Optional[float]) -> None:
+        if stage not in self.bars:
+            self.close()
+            self.bars[stage] = tqdm(total=total, desc=f"{stage} ({self.kernels} kernels, N={self.state_size})",
+                                    unit="ch" if loss is None else "step", disable=not self.enabled)
+        bar = self.bars[stage]
+        bar.update(done - bar.n)
+        if loss is not None:
+            bar.set_postfix(rel_sq_err=f"{loss:.3g}", refresh=False)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _copy_shared_weights(teacher: HyenaRTFForCausalLM, student: HyenaRTFForCausalLM, filter_prefixes: tuple) -> None:
+    """Every weight outside the long filters goes over unchanged (same names, same shapes)."""
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    for key in s_state:
+        if key.startswith(filter_prefixes):
+            continue
+        if key not in t_state or t_state[key].shape != s_state[key].shape:
+            raise ValueError(f"teacher and student differ outside the long filters at {key}")
+        s_state[key] = t_state[key]
+    student.load_state_dict(s_state)
+
+
+def _filter_report(f, k_t: torch.Tensor, l_max: int, closed_form_rel_err: torch.Tensor) -> dict:
+    """Kernel errors of a fitted bank as stored: the student's own kernel in its own precision."""
+    k_s = f.kernel(l_max).double()  # (D, l_max)
+    rel = (k_s - k_t).norm(dim=-1) / k_t.norm(dim=-1).clamp_min(1e-30)  # (D,)
+    return {
+        "rel_err": float((k_s - k_t).norm() / k_t.norm().clamp_min(1e-30)),
+        "rel_err_mean": float(rel.mean()), "rel_err_max": float(rel.max()),
+        "mse": float(((k_s - k_t) ** 2).mean()),
+        "closed_form_rel_err_mean": float(closed_form_rel_err.mean()),
+        "max_pole_radius": float(f.poles().abs().max()),
+    }
+
+
 @torch.no_grad()
 def distill_model(
     teacher: HyenaRTFForCausalLM,
@@ -122,12 +180,7 @@ def distill_model(
     if teacher.config.mixer not in MIXER_FILTERS:
         raise UserError(f"distillation needs a Hyena model (mixer one of {tuple(MIXER_FILTERS)}), "
                         f"got mixer={teacher.config.mixer!r}")
-    cfg = teacher.config.to_dict()
-    # The student's RTF options describe a fitted filter, not an initialisation: plain coefficients
-    # (no reflection parametrisation), one denominator per channel.
-    cfg.update(mixer="hyena_rtf", state_size=state_size, rtf_constraint=constraint, rtf_num_a=None, rtf_decay=None)
-    student_cfg = HyenaRTFConfig(**{k: v for k, v in cfg.items() if k in HyenaRTFConfig().to_dict()})
-    student = HyenaRTFForCausalLM(student_cfg).to(next(teacher.parameters()).dtype)
+    student = _student_of(teacher, state_size, constraint)
     teacher = teacher.eval()
     l_max = teacher.config.max_position_embeddings
 
@@ -140,55 +193,21 @@ def distill_model(
             where.append((layer, j))
     target = torch.cat(kernels, 0)  # (layers * filters * D, l_max)
 
-    bars: dict = {}
-
-    def on_progress(stage: str, done: int, total: int, loss: Optional[float]) -> None:
-        if stage not in bars:  # one bar per stage: closed form (channels), then refinement (steps)
-            for other in bars.values():
-                other.close()
-            bars[stage] = tqdm(total=total, desc=f"{stage} ({target.shape[0]} kernels, N={state_size})",
-                               unit="ch" if loss is None else "step", disable=not progress)
-        bar = bars[stage]
-        bar.update(done - bar.n)
-        if loss is not None:
-            bar.set_postfix(rel_sq_err=f"{loss:.3g}", refresh=False)
-
-    fit = fit_rtf(target, state_size, constraint, progress=on_progress,
-                  param_dtype=next(student.parameters()).dtype, **fit_kwargs)
-    for bar in bars.values():
-        bar.close()
+    bars = _StageBars(target.shape[0], state_size, progress)
+    fit = fit_rtf(target, state_size, constraint, progress=bars, param_dtype=next(student.parameters()).dtype, **fit_kwargs)
+    bars.close()
 
     # Copy every non-filter weight, then the fitted coefficients into each RTF bank.
-    t_state = teacher.state_dict()
-    s_state = student.state_dict()
-    filter_prefixes = tuple(f"{name}.filters." for name, _ in ops_s)
-    for key in s_state:
-        if key.startswith(filter_prefixes):
-            continue
-        if key not in t_state or t_state[key].shape != s_state[key].shape:
-            raise ValueError(f"teacher and student differ outside the long filters at {key}")
-        s_state[key] = t_state[key]
-    student.load_state_dict(s_state)
-    D = student_cfg.hidden_size
+    _copy_shared_weights(teacher, student, tuple(f"{name}.filters." for name, _ in ops_s))
+    D = student.config.hidden_size
     reports = []
     for i, (layer, j) in enumerate(where):
         rows = slice(i * D, (i + 1) * D)
         f = ops_s[layer][1].filters[j]
         for pname, p in f.named_parameters():
             p.copy_(getattr(fit.rtf, pname)[rows])
-        f._rec_cache = {}
-        # Diagnostics of what is stored: the student's own kernel in its own precision.
-        k_s = f.kernel(l_max).double()
-        k_t = target[rows]
-        rel = (k_s - k_t).norm(dim=-1) / k_t.norm(dim=-1).clamp_min(1e-30)  # (D,)
-        reports.append({
-            "layer": layer, "filter": j,
-            "rel_err": float((k_s - k_t).norm() / k_t.norm().clamp_min(1e-30)),
-            "rel_err_mean": float(rel.mean()), "rel_err_max": float(rel.max()),
-            "mse": float(((k_s - k_t) ** 2).mean()),
-            "closed_form_rel_err_mean": float(fit.closed_form_rel_err[rows].mean()),
-            "max_pole_radius": float(f.poles().abs().max()),
-        })
+        f.reset_recurrence()
+        reports.append({"layer": layer, "filter": j, **_filter_report(f, target[rows], l_max, fit.closed_form_rel_err[rows])})
     radii = check_stable(student)
     for rep, r in zip(reports, radii):
         rep["max_pole_radius"] = r

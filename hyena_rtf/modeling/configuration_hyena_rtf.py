@@ -160,8 +160,8 @@ class HyenaRTFConfig(PreTrainedConfig):
     def check_values(self) -> None:
         """Raise ValueError naming the first field with an unusable value."""
         check = ConfigCheck(self)
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "pad_vocab_size_multiple"):
-            check.need_int(field)
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "pad_vocab_size_multiple"):
+            check.need_int(name)
         check.need_int("max_position_embeddings", low=2)
         check.need_choice("mixer", MIXERS)
         for field in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):

@@ -326,7 +326,7 @@ def fit_rtf(
         rel, mse = _channel_errors(RationalKernel.apply(
             rtf.b.to(param_dtype), rtf.denominator().to(param_dtype), rtf.h0.to(param_dtype), L, L).double(), target)
         radius = max_pole_radius(F.pad(rtf.denominator(), (1, 0), value=1.0))
-    rtf._rec_cache = {}
+    rtf.reset_recurrence()
     return FitResult(rtf=rtf, rel_err=rel, mse=mse, pole_radius=radius, closed_form_rel_err=closed_rel,
                      steps=step, reverted=reverted)
 

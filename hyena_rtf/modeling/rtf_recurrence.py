@@ -36,6 +36,12 @@ class RTFRecurrence:
     ``_kernel_all(L, dtype)`` and ``denominator(dtype)``.
     """
 
+    def reset_recurrence(self) -> None:
+        """Forget the cached companion form: the next recurrent call rebuilds it from the current
+        coefficients (the cache also notices in-place updates; this is for coefficients replaced
+        behind autograd's version counters)."""
+        self._rec_cache = {}
+
     def _recurrence(self, dtype: torch.dtype) -> dict:
         """Companion-form system (a, c, d, g) whose first l_max taps equal ``kernel()``, cached.
 

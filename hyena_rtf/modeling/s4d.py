@@ -108,7 +108,7 @@ class _Vandermonde(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         w, inner, starts = ctx.saved_tensors
-        L, c, Q = ctx.L, ctx.c, starts.shape[-2]
+        c, Q = ctx.c, starts.shape[-2]
         g = _blocks(grad, Q, c)  # (..., D, Q, c)
         l = torch.arange(Q * c, device=g.device, dtype=g.dtype).view(Q, c)
         r = _correlate(torch.stack([g, g * l]), inner)  # (2, ..., D, Q, M): conj of the block sums

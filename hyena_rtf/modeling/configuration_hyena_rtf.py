@@ -164,10 +164,10 @@ class HyenaRTFConfig(PreTrainedConfig):
             check.need_int(name)
         check.need_int("max_position_embeddings", low=2)
         check.need_choice("mixer", MIXERS)
-        for field in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):
-            value = getattr(self, field)
+        for name in ("embed_dropout", "resid_dropout", "mixer_dropout", "filter_dropout"):
+            value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                check.fail(field, "must be a probability in [0, 1)")
+                check.fail(name, "must be a probability in [0, 1)")
         check.need_positive("layer_norm_epsilon")
         check.need_positive("initializer_range")
         MIXER_CLASSES[self.mixer].check_config(self)  # the mixer's own fields

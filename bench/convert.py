@@ -38,9 +38,9 @@ from hyena_rtf.modeling.configuration_hyena_rtf import HyenaRTFConfig
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.checkpoints.safari import source_name
 
-from . import decode
 from .report import Report, Table
 from .timing import compare
+from .workloads import recompute_step, recurrent_step
 
 TITLE = "Converted safari-family checkpoints distilled into RTFs: fit and constant-time decoding"
 
@@ -160,9 +160,9 @@ def _decode_table(models: list[tuple[str, Path, dict[int, Path]]], settings: dic
             # vs teacher, and each method against itself at the first position) see the same load.
             steps = {}
             for position in settings["positions"]:
-                steps[(teacher_name, position)] = decode._recompute(teacher, position, 1, device)[0]
+                steps[(teacher_name, position)] = recompute_step(teacher, position, 1, device)[0]
                 for name, model in loaded.items():
-                    steps[(name, position)] = decode._recurrent(model, position, 1, device)[0]
+                    steps[(name, position)] = recurrent_step(model, position, 1, device)[0]
             timings = compare(steps, repeats=settings["repeats"], warmup=2, device=device)
         first = settings["positions"][0]
         for (name, position), t in timings.items():

@@ -3,7 +3,7 @@
     python -m bench distill --quick --threads 1   # D=64, 2 layers, 300 steps (the quality quick size)
     python -m bench distill --smoke               # tiny sizes: checks that it runs
 
-1. The teacher is a quality-benchmark run (``bench.quality``): ``train.py experiment=wikitext_cpu
+1. The teacher is a run of the quality benchmark's kind (``bench.runs.Runner``): ``train.py experiment=wikitext_cpu
    model=hyena_tiny`` at lr 3e-3, weight decay 0.1, in the quick (or smoke) size, scored by
    ``evaluate.py`` on all of WikiText-2 test.
 2. ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
@@ -11,7 +11,7 @@
    ``l1_montel`` constraint; each is scored by ``evaluate.py`` like the teacher.
 3. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
    new token (it has no state); the N=64 student decodes recurrently (prefilled state, one step
-   per token). Timed interleaved with ``bench.decode``'s closures at positions 1024 and 4096,
+   per token). Timed interleaved with the decoding closures of ``bench.workloads`` at positions 1024 and 4096,
    batch 1 and 8.
 """
 
@@ -26,9 +26,10 @@ import torch
 from hyena_rtf.checkpoints.loading import load_for_inference
 from hyena_rtf.checkpoints.distillation import distill_checkpoint
 
-from . import decode, quality
 from .report import Report, Table
+from .runs import WIKITEXT_SIZES, Run, Runner, lr_wd
 from .timing import compare
+from .workloads import recompute_step, recurrent_step
 
 TITLE = "Distilling implicit Hyena filters into RTFs: perplexity and decoding speed"
 
@@ -37,9 +38,8 @@ MODES = {
     "quick": dict(train="quick", states=(4, 16, 64), positions=(1024, 4096), batches=(1, 8), repeats=10),
     "smoke": dict(train="smoke", states=(4, 8), positions=(40, 80), batches=(1, 2), repeats=2),
 }
-TRAIN = {"quick": quality.QUICK, "smoke": quality.SMOKE}
 L1_STATE = 16  # the l1_montel student's state size (the quick tables use 4/16/64 unconstrained)
-TEACHER = quality.Run("hyena", 0, quality._lr_wd(3e-3, 0.1))
+TEACHER = Run("hyena", 0, lr_wd(3e-3, 0.1))
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def recurrent_vs_parallel(path: Path, tokens, length: int) -> float:
 def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None) -> Report:
     """Train (or reuse ``teacher``, a run directory of bench.quality), distil, score and time."""
     settings = MODES[mode]
-    runner = quality.Runner(out / "distill_runs", TRAIN[settings["train"]])
+    runner = Runner(out / "distill_runs", WIKITEXT_SIZES[settings["train"]])
     report = Report("distill", TITLE)
     if teacher is None:
         teacher = Path(runner.results([TEACHER])[TEACHER]["run_dir"])
@@ -95,7 +95,7 @@ def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None)
                 f"{max(x['max_pole_radius'] for x in layers):.6f}", s["rec_vs_par"], s["distill_s"])
     ppl.notes.append(
         f"Teacher: `python train.py experiment=wikitext_cpu model=hyena_tiny {' '.join(TEACHER.overrides)} "
-        f"{' '.join(TRAIN[settings['train']])}` on wiki.valid.raw; teacher and students scored by evaluate.py on all "
+        f"{' '.join(WIKITEXT_SIZES[settings['train']])}` on wiki.valid.raw; teacher and students scored by evaluate.py on all "
         f"of wiki.test.raw in {seq_len}-token windows, each loaded back from its checkpoint file."
     )
     ppl.notes.append(
@@ -127,8 +127,8 @@ def _decode_table(teacher: Path, student: Path, settings: dict, device: torch.de
         for batch in settings["batches"]:
             for position in settings["positions"]:
                 steps = {
-                    "teacher: recompute (window l_max)": decode._recompute(t_model, position, batch, device)[0],
-                    f"student N={s_model.config.state_size}: recurrent": decode._recurrent(s_model, position, batch, device)[0],
+                    "teacher: recompute (window l_max)": recompute_step(t_model, position, batch, device)[0],
+                    f"student N={s_model.config.state_size}: recurrent": recurrent_step(s_model, position, batch, device)[0],
                 }
                 timings = compare(steps, repeats=settings["repeats"], warmup=1, device=device)
                 base = timings["teacher: recompute (window l_max)"].median

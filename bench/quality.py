@@ -27,7 +27,7 @@ Studies (``--studies``; later ones use the choices of earlier ones):
   for every mixer and ``--seeds``.
 - ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
 
-Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runfile``), keyed by the resolved
+Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runs``), keyed by the resolved
 model, optimizer and data settings of the composed config, the seed and the starting weights, so an
 interrupted study resumes and a changed setting (or a changed preset default) trains anew.
 """
@@ -35,30 +35,21 @@ interrupted study resumes and a changed setting (or a changed preset default) tr
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
 
-from .report import Report, Table, header, machine_info
-from .runfile import RunFile
+from .report import Line, Panel, Report, Table, header, save_plot
+from .runs import WIKITEXT_SIZES, Run, Runner, lr_wd
 
 TITLE = "Perplexity at equal compute on WikiText-2 text: tuned mixers, paired runs"
-REPO = Path(__file__).resolve().parents[1]
-WIKITEXT = Path("data") / "wikitext-2-raw"
 
 STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
 MAIN_STATE = 64  # the experiment's state size (conf/experiment/wikitext_cpu.yaml via the presets)
@@ -94,14 +85,6 @@ DISTILLED = "init from the distilled implicit model (constraint none)"
 IMPLICIT_FROZEN = "implicit hyena, filters frozen (reference)"
 ABLATION = (*VARIANTS, DISTILLED, IMPLICIT_FROZEN)
 
-# Overrides of the smoke mode (tests): tiny sizes, a few steps.
-SMOKE = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.hidden_size=16", "model.num_hidden_layers=1",
-         "model.intermediate_size=32", "model.output_rank=8", "model.max_position_embeddings=64", "model.state_size=8",
-         "data.vocab_size=300", "data.seq_len=32", "data.batch_size=2", "model.num_attention_heads=2")
-QUICK = ("trainer.max_steps=300", "model.hidden_size=64", "model.num_hidden_layers=2", "model.intermediate_size=256",
-         "model.output_rank=32", "data.vocab_size=2048", "data.seq_len=128")
-
-
 @dataclass(frozen=True)
 class Protocol:
     """What the grid and the headline span; every mixer gets the same grid."""
@@ -124,159 +107,10 @@ class Protocol:
             raise ValueError(f"unknown ablation variants {unknown}; choose from {list(ABLATION)}")
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training run: a mixer, a seed and Hydra overrides on top of ``experiment=wikitext_cpu``."""
-
-    mixer: str
-    seed: int
-    overrides: tuple[str, ...] = ()
-
-    def recipe(self, lr: float, wd: float) -> "Run":
-        return Run(self.mixer, self.seed, self.overrides + (f"optim.lr={lr}", f"optim.weight_decay={wd}"))
-
-
-def _lr_wd(lr: float, wd: float) -> tuple[str, ...]:
-    return (f"optim.lr={lr}", f"optim.weight_decay={wd}")
-
-
 def _variant(name: str, recipe: tuple[str, ...]) -> tuple[str, ...]:
     """The overrides of variant ``name`` on top of ``recipe`` (which sets optim.lr)."""
     lr = float(next(o.split("=")[1] for o in recipe if o.startswith("optim.lr=")))
     return recipe + tuple(o if isinstance(o, str) else f"{o[0]}={o[1] * lr:g}" for o in VARIANTS[name])
-
-
-def find_shared() -> Path:
-    """The folder holding ``data/wikitext-2-raw``: ``$HYENA_RTF_SHARED``, else ``../shared``, else ``/work/shared``."""
-    env = os.environ.get("HYENA_RTF_SHARED")
-    candidates = [Path(env)] if env else [REPO.parent / "shared", Path("/work/shared")]
-    for c in candidates:
-        if (c / WIKITEXT / "wiki.valid.raw").is_file() and (c / WIKITEXT / "wiki.test.raw").is_file():
-            return c
-    raise FileNotFoundError(
-        f"no {WIKITEXT}/wiki.valid.raw and wiki.test.raw under {[str(c) for c in candidates]}; "
-        "set HYENA_RTF_SHARED to the folder that holds data/wikitext-2-raw"
-    )
-
-
-class Runner:
-    """Trains and scores runs as subprocesses of train.py/evaluate.py, ``jobs`` at a time."""
-
-    def __init__(self, out: Path, mode_overrides: tuple[str, ...] = (), jobs: int = 1, threads: int = 1):
-        self.out, self.mode_overrides, self.jobs, self.threads = out, tuple(mode_overrides), jobs, threads
-        self.wiki = find_shared() / WIKITEXT
-        self.store = RunFile(out / "quality_runs.jsonl")
-        self.revision = machine_info()["git"]
-        self._lock = threading.Lock()
-        self.seq_len = int(next((o.split("=")[1] for o in reversed(self.mode_overrides) if o.startswith("data.seq_len=")), 256))
-
-    def command(self, run: Run, run_dir: Path) -> list[str]:
-        return [sys.executable, "train.py", "experiment=wikitext_cpu", f"model={run.mixer}_tiny", f"seed={run.seed}",
-                f"data.train_path={self.wiki / 'wiki.valid.raw'}", f"data.test_path={self.wiki / 'wiki.test.raw'}",
-                *self.mode_overrides, *run.overrides, f"hydra.run.dir={run_dir}"]
-
-    def evaluate(self, ckpt: Path, result_file: Path) -> dict:
-        """evaluate.py on all of the test text in ``seq_len`` windows (once; the JSON is kept)."""
-        if not result_file.is_file():
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
-            _call([sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "data=files",
-                   f"data.test_path={self.wiki / 'wiki.test.raw'}", f"context={self.seq_len}", "progress=false",
-                   f"output={result_file}", f"hydra.run.dir={result_file.parent / 'eval'}"], env,
-                  result_file.parent / f"{result_file.stem}_stdout.txt")
-        return json.loads(result_file.read_text())
-
-    def distill(self, teacher: Path, state_size: int) -> Path:
-        """distill.py on ``teacher`` (once; kept beside the runs): the student's checkpoint."""
-        out = self.out / "distilled" / f"{teacher.parent.parent.name}_n{state_size}"
-        target = out / "checkpoints" / "last.ckpt"
-        if not target.is_file():
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads * self.jobs)}
-            _call([sys.executable, "distill.py", f"ckpt_path={teacher}", f"state_size={state_size}", "constraint=none",
-                   f"out_dir={out}", "evaluate=false", "progress=false", "overwrite=true", f"hydra.run.dir={out / 'log'}"],
-                  env, out / "distill_stdout.txt")
-        return target
-
-    def key(self, run: Run) -> str:
-        """What decides a run's result: the resolved model, optimizer, data and step settings of its
-        composed config (so a changed preset or default trains anew), its seed and starting weights."""
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-        from omegaconf import OmegaConf
-
-        cmd = self.command(run, Path("unused"))
-        overrides = [o for o in cmd[2:] if not o.startswith("hydra.")]
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
-        decided = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "optim", "data")}
-        decided["trainer"] = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "limit_val_batches",
-                                                              "gradient_clip_val", "accumulate_grad_batches", "precision")}
-        decided.update(seed=cfg.seed, init_from=cfg.get("init_from"), mixer=run.mixer)
-        return json.dumps(decided, sort_keys=True)
-
-    def results(self, runs: list[Run]) -> dict[Run, dict]:
-        """Results of ``runs`` (trained now unless stored), in parallel; the first new run alone,
-        so that it builds the shared token cache before the others read it."""
-        keys = {r: self.key(r) for r in dict.fromkeys(runs)}
-        todo = [r for r, k in keys.items() if k not in self.store.done]
-        data = json.dumps(json.loads(keys[runs[0]])["data"], sort_keys=True) if runs else ""
-        cached = any(json.dumps(json.loads(k).get("data"), sort_keys=True) == data for k in self.store.done
-                     if k.startswith("{"))
-        if todo and not cached:  # the first run of these data options builds the token cache alone
-            self._one(todo.pop(0), keys)
-        if todo:
-            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                list(pool.map(lambda r: self._one(r, keys), todo))
-        return {r: self.store.done[keys[r]] for r in runs}
-
-    def _one(self, run: Run, keys: dict) -> None:
-        result = self._train_and_score(run)
-        with self._lock:  # one writer of the run file at a time
-            self.store.get(keys[run], lambda: result)
-
-    def _train_and_score(self, run: Run) -> dict:
-        slug = hashlib.sha1(json.dumps([run.mixer, run.seed, self.mode_overrides, run.overrides]).encode()).hexdigest()[:12]
-        run_dir = self.out / "runs" / f"{run.mixer}_s{run.seed}_{slug}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # a partial run from an interrupted study
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "HYENA_RTF_DEBUG": "1"}
-        load = os.getloadavg()[0]
-        start = time.perf_counter()
-        _call(self.command(run, run_dir), env, run_dir / "train_stdout.txt")
-        train_s = time.perf_counter() - start
-        test = self.evaluate(run_dir / "checkpoints" / "last.ckpt", run_dir / "eval_test.json")
-        metrics = read_metrics(run_dir / "csv" / "metrics.csv")
-        curve = metrics.get("val/loss", [])
-        return dict(
-            test_ppl=test["token_ppl"], test_word_ppl=test["word_ppl"], val_loss=curve[-1][1] if curve else None,
-            val_curve=curve, max_pole_radius=_last(metrics, "stability/max_pole_radius"),
-            kernel_shift=_last(metrics, "filters/kernel_shift"), train_s=train_s, load=load, run_dir=str(run_dir),
-            command=" ".join(self.command(run, run_dir)[1:]), git=self.revision,
-        )
-
-
-def _call(cmd: list[str], env: dict, log: Path) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {proc.returncode}); log {log}:\n{tail}")
-
-
-def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every logged metric of a run's CSV log as (step, value) pairs, in order."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            for name, value in row.items():
-                if name not in ("step", "epoch") and value not in ("", None):
-                    series.setdefault(name, []).append((int(float(row["step"])), float(value)))
-    return series
-
-
-def _last(metrics: dict, name: str) -> Optional[float]:
-    values = metrics.get(name)
-    return values[-1][1] if values else None
 
 
 def _ppl(loss: Optional[float]) -> Optional[float]:
@@ -308,8 +142,8 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
     headline: Optional[dict[str, list[Run]]] = None
 
     if "screen" in studies:
-        runs = {name: Run("hyena_rtf", 0, _variant(name, _lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
-        runs["implicit hyena (reference)"] = Run("hyena", 0, _lr_wd(**SCREEN_RECIPE))
+        runs = {name: Run("hyena_rtf", 0, _variant(name, lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
+        runs["implicit hyena (reference)"] = Run("hyena", 0, lr_wd(**SCREEN_RECIPE))
         res = runner.results(list(runs.values()))
         everything.update(res)
         report.parts.append(variant_table(
@@ -317,7 +151,7 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
 
     best: dict[str, Run] = {}
     if any(s in studies for s in ("grid", "seeds", "ablation")):
-        cells = [Run(m, 0, _lr_wd(lr, wd)) for m in mixers for lr in lrs for wd in wds]
+        cells = [Run(m, 0, lr_wd(lr, wd)) for m in mixers for lr in lrs for wd in wds]
         res = runner.results(cells)
         for m in mixers:
             best[m] = _best(res, [c for c in cells if c.mixer == m])
@@ -363,7 +197,7 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
             f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)", runs, res))
 
     if "paper" in studies:
-        runs = {m: [Run(m, s, _lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in seeds] for m in mixers}
+        runs = {m: [Run(m, s, lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in seeds] for m in mixers}
         res = runner.results([r for rs in runs.values() for r in rs])
         everything.update(res)
         report.parts.append(_seed_table(f"The paper's recipe (lr 1e-3, weight decay 0.25; RTF xavier + l1_montel), seeds {list(seeds)}",
@@ -407,43 +241,27 @@ def _seed_table(title: str, runs: dict[str, list[Run]], res: dict[Run, dict]) ->
 def _plot(results: dict[Run, dict], path: Path, headline: Optional[dict[str, list[Run]]] = None) -> Path:
     """Validation curves: with a headline, each mixer's mean over its seeds with the min-max band
     (the runs the table reports); otherwise each mixer's best run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if headline:
-        for mixer, runs in headline.items():
-            curves = [dict(results[r]["val_curve"]) for r in runs if results[r]["val_curve"]]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if not steps:
-                continue
-            values = [[c[s] for c in curves] for s in steps]
-            line, = ax.plot(steps, [statistics.fmean(v) for v in values], "o-", label=f"{mixer} (mean of {len(curves)} seeds)")
-            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
-    else:
+    lines = []
+    for mixer, runs in (headline or {}).items():
+        curves = [dict(results[r]["val_curve"]) for r in runs if results[r]["val_curve"]]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        values = [[c[s] for c in curves] for s in steps]
+        lines.append(Line(f"{mixer} (mean of {len(curves)} seeds)", steps, [statistics.fmean(v) for v in values],
+                          [min(v) for v in values], [max(v) for v in values]))
+    if not headline:
         by_mixer: dict[str, list] = {}
         for run, r in results.items():
             by_mixer.setdefault(run.mixer, []).append(r)
         for mixer, rs in by_mixer.items():
             best = min(rs, key=lambda r: r["val_loss"] if r["val_loss"] is not None else math.inf)
             steps, values = zip(*best["val_curve"]) if best["val_curve"] else ((), ())
-            ax.plot(steps, values, "o-", label=f"{mixer} (best of {len(rs)} runs)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out validation loss (nats/token)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            lines.append(Line(f"{mixer} (best of {len(rs)} runs)", list(steps), list(values)))
+    return save_plot(path, [Panel("", "training step", "held-out validation loss (nats/token)", lines)])
 
 
 def run(mode: str, device, out: Path) -> Report:
     """The registry entry (``python -m bench quality``): every study in ``mode`` with one job."""
-    overrides = {"smoke": SMOKE, "quick": QUICK, "full": ()}[mode]
-    return run_studies(Runner(out, overrides), STUDIES)[0]
+    return run_studies(Runner(out, WIKITEXT_SIZES[mode]), STUDIES)[0]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -479,7 +297,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    runner = Runner(args.out, {"smoke": SMOKE, "quick": QUICK, "full": ()}[mode], args.jobs, args.threads)
+    runner = Runner(args.out, WIKITEXT_SIZES[mode], args.jobs, args.threads)
     report, _ = run_studies(runner, tuple(s for s in STUDIES if s in args.studies), protocol)
     head = header(None, command) + f"\n- mode: {mode}, jobs {args.jobs} x {args.threads} threads, wall time {time.perf_counter() - start:.0f} s"
     text = report.to_markdown(head)

@@ -1,4 +1,4 @@
-"""Markdown output of the benchmarks: tables, a machine header, and the report file layout.
+"""Output of the benchmarks: tables, plots, a machine header, and the report file layout.
 
 Benchmarks keep raw numbers in their tables (floats and ints, with the unit in the column name);
 formatting happens only here, so tests can check the numbers and readers get aligned text.
@@ -6,6 +6,7 @@ formatting happens only here, so tests can check the numbers and readers get ali
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -18,7 +19,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["Table", "Report", "machine_info", "header", "fmt_cell"]
+__all__ = ["Table", "Report", "Line", "Panel", "save_plot", "machine_info", "header", "fmt_cell"]
 
 Cell = Union[str, int, float, None]
 
@@ -88,6 +89,12 @@ class Report:
                 return part
         raise KeyError(f"no table titled {title!r} in report {self.name!r}")
 
+    def to_json(self) -> str:
+        """Every table's raw cells (what a script reads back; the markdown is for people)."""
+        tables = [{"title": p.title, "headers": p.headers, "rows": p.rows, "notes": p.notes}
+                  for p in self.parts if isinstance(p, Table)]
+        return json.dumps({"name": self.name, "title": self.title, "tables": tables}, indent=1, default=str)
+
     def to_markdown(self, head: str = "") -> str:
         out = [f"# {self.title}", ""]
         if head:
@@ -97,6 +104,67 @@ class Report:
         for plot in self.plots:
             out += [f"![{plot.stem}]({plot.name})", ""]
         return "\n".join(out).rstrip() + "\n"
+
+
+@dataclass
+class Line:
+    """One curve of a plot; ``lo``/``hi`` (optional) draw a band around it (e.g. min-max over seeds)."""
+
+    label: str
+    x: list
+    y: list
+    lo: Optional[list] = None
+    hi: Optional[list] = None
+    style: str = "o-"
+
+
+@dataclass
+class Panel:
+    """One axes of a plot: curves, horizontal reference lines ``(y, label)``, axis labels and scales."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    lines: list[Line] = field(default_factory=list)
+    hlines: list[tuple[float, str]] = field(default_factory=list)
+    xlog: bool = False
+    ylog: bool = False
+
+
+def save_plot(path: Path, panels: list[Panel], title: str = "") -> Path:
+    """Draw ``panels`` side by side into the PNG ``path`` (points without a value are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for line in panel.lines:
+            keep = [i for i, v in enumerate(line.y) if v is not None]
+            if not keep:
+                continue
+            xs = [line.x[i] for i in keep]
+            drawn, = ax.plot(xs, [line.y[i] for i in keep], line.style, label=line.label)
+            if line.lo is not None:
+                ax.fill_between(xs, [line.lo[i] for i in keep], [line.hi[i] for i in keep], alpha=0.2,
+                                color=drawn.get_color())
+        for y, label in panel.hlines:
+            ax.axhline(y, linestyle=":", color="gray", label=label)
+        if panel.xlog:
+            ax.set_xscale("log", base=2)
+        if panel.ylog:
+            ax.set_yscale("log")
+        ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_lines():  # every curve may be empty (all runs failed)
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _cpu_model() -> str:

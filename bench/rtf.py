@@ -29,8 +29,8 @@ from .baselines import (
     reference_kernel,
     reference_prefill,
 )
-from .report import Report, Table
-from .timing import compare, peak_memory
+from .report import Line, Panel, Report, Table, save_plot
+from .timing import compare, grad_step, peak_memory
 
 TITLE = "RTF filter and Hyena operator"
 
@@ -60,12 +60,11 @@ SIZES = {
     ),
 }
 
+# The full protocol with the kernel sweep at the 125m width and L=4096, on CUDA.
+SIZES["gpu"] = dict(SIZES["full"], kernel=dict(D=768, L=4096, states=(16, 64, 256, 1024, 2048), repeats=20, s4d_repeats=3,
+                                               s4d_max_gb=6.0))
+
 MS, US, MB = 1e3, 1e6, 1e-6
-
-
-def _grad_step(fn, inputs, grad):
-    """Callable running fn() and its backward w.r.t. ``inputs`` with upstream gradient ``grad``."""
-    return lambda: torch.autograd.grad(fn(), inputs, grad)
 
 
 def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: Path) -> None:
@@ -83,16 +82,16 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
     for N in cfg["states"]:
         f = RTF(D, N, L, constraint="l1_montel", decay=None, device=device)
         params = list(f.parameters())
-        runs[N] = _grad_step(lambda f=f: f.kernel(L), params, grad)
-        runs[("ref", N)] = _grad_step(lambda f=f: reference_kernel(f, L), params, grad)
+        runs[N] = grad_step(lambda f=f: f.kernel(L), params, grad)
+        runs[("ref", N)] = grad_step(lambda f=f: reference_kernel(f, L), params, grad)
         g = RTF(D, N, L, device=device)
-        runs[("reflection", N)] = _grad_step(lambda g=g: g.kernel(L), list(g.parameters()), grad)
+        runs[("reflection", N)] = grad_step(lambda g=g: g.kernel(L), list(g.parameters()), grad)
     t = compare(runs, repeats=cfg["repeats"], device=device)
     for N in cfg["states"]:
         s4d = S4DKernel(D, N).to(device)
         s4d_time = s4d_mem = None
         if 4 * s4d.vandermonde_bytes(L) <= cfg["s4d_max_gb"] * 1e9:
-            run_s4d = _grad_step(lambda: s4d.kernel(L), list(s4d.parameters()), grad)
+            run_s4d = grad_step(lambda: s4d.kernel(L), list(s4d.parameters()), grad)
             s4d_time = compare({"s4d": run_s4d}, repeats=cfg["s4d_repeats"], warmup=1, device=device)["s4d"].median
             s4d_mem = peak_memory(run_s4d, device) * MB
         ratio = s4d_time / t[N].median if s4d_time else None
@@ -127,30 +126,10 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
 
 
 def _plot_kernel(table: Table, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     n = table.column("N")
-    for name, col, mem in (("RTF", "RTF ms", "RTF peak MB"), ("S4D (Vandermonde)", "S4D ms", "S4D peak MB")):
-        pts = [(x, t, m) for x, t, m in zip(n, table.column(col), table.column(mem)) if t is not None]
-        if pts:
-            ax_t.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-            ax_m.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
-    for ax, label in ((ax_t, "forward+backward time (ms)"), (ax_m, "peak memory (MB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("state size N")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(table.title.split(". ", 1)[-1])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    panels = [Panel("", "state size N", label, [Line(name, n, table.column(f"{name} {unit}")) for name in ("RTF", "S4D")],
+                    xlog=True, ylog=True) for label, unit in (("forward+backward time (ms)", "ms"), ("peak memory (MB)", "peak MB"))]
+    return save_plot(path, panels, table.title.split(". ", 1)[-1])
 
 
 def layer_speed(cfg: dict, device: torch.device, report: Report) -> None:
@@ -163,15 +142,15 @@ def layer_speed(cfg: dict, device: torch.device, report: Report) -> None:
     fp, hp = list(f.parameters()), list(op.parameters())
     cases = {
         "RTF kernel fwd+bwd": (
-            _grad_step(lambda: f.kernel(L), fp, g_k), _grad_step(lambda: reference_kernel(f, L), fp, g_k), None),
+            grad_step(lambda: f.kernel(L), fp, g_k), grad_step(lambda: reference_kernel(f, L), fp, g_k), None),
         "FFT long conv fwd+bwd": (
-            _grad_step(lambda: fft_conv(u, k), [u, k], g_u), _grad_step(lambda: reference_fft_conv(u, k), [u, k], g_u), None),
+            grad_step(lambda: fft_conv(u, k), [u, k], g_u), grad_step(lambda: reference_fft_conv(u, k), [u, k], g_u), None),
         "RTF layer fwd+bwd": (
-            _grad_step(lambda: f(u), [u] + fp, g_u), _grad_step(lambda: reference_forward(f, u), [u] + fp, g_u), B * L),
+            grad_step(lambda: f(u), [u] + fp, g_u), grad_step(lambda: reference_forward(f, u), [u] + fp, g_u), B * L),
         "RTF layer fwd (no grad)": (
             torch.no_grad()(lambda: f(u)), torch.no_grad()(lambda: reference_forward(f, u)), B * L),
         "Hyena operator fwd+bwd": (
-            _grad_step(lambda: op(u), [u] + hp, g_u), _grad_step(lambda: reference_hyena_forward(op, u), [u] + hp, g_u), B * L),
+            grad_step(lambda: op(u), [u] + hp, g_u), grad_step(lambda: reference_hyena_forward(op, u), [u] + hp, g_u), B * L),
     }
     table = Table(
         f"2. Layer speed, optimized vs reference (B={B}, L={L}, D={D}, N={N})",

@@ -29,7 +29,7 @@ from hyena_rtf.modeling.s4d import S4D
 
 from .baselines import S4DKernel
 from .report import Report, Table
-from .timing import compare, peak_memory
+from .timing import compare, grad_step, peak_memory
 
 TITLE = "Layer speed: RTF vs S4D over sequence length and state size (paper Fig. 3)"
 
@@ -37,16 +37,14 @@ SIZES = {
     "full": dict(D=64, B=1, lengths=(1024, 2048, 4096, 16384), states=(4, 16, 64, 256, 1024, 2048),
                  repeats=7, warmup=1, materialised_max_gb=1.0),
     "quick": dict(D=64, B=1, lengths=(1024, 4096), states=(4, 64, 1024), repeats=3, warmup=1, materialised_max_gb=0.5),
+    # The RTF layer vs N at the 125m width (B=4, L=4096), beside S4D, on CUDA.
+    "gpu": dict(D=768, B=4, lengths=(4096,), states=(16, 64, 256, 1024, 2048), repeats=20, warmup=2,
+                materialised_max_gb=1.0),
     "smoke": dict(D=4, B=1, lengths=(32, 64), states=(4, 16), repeats=2, warmup=1, materialised_max_gb=0.01),
 }
 
 MS, MB = 1e3, 1e-6
 PAPER_MEAN_SPEEDUP = 1.35  # "35% faster": S4 layer time / RTF layer time, averaged
-
-
-def _layer_step(layer_fn, u: torch.Tensor, params: list, grad: torch.Tensor):
-    """Forward of one layer and its backward w.r.t. the input and ``params``."""
-    return lambda: torch.autograd.grad(layer_fn(u), [u] + params, grad)
 
 
 def _materialised_layer(kernel: S4DKernel, skip: torch.Tensor):
@@ -78,15 +76,16 @@ def layer_grid(cfg: dict, device: torch.device, report: Report) -> Table:
                 # The paper's parametrisation (coefficients as they are): the state-free path. The
                 # default reflection constraint adds an O(N^2) map on the parameters (bench rtf, table 1).
                 rtf = RTF(D, N, L, constraint="l1_montel", decay=None, device=device)
-                runs[("rtf", N)] = _layer_step(rtf, u, list(rtf.parameters()), grad)
+                runs[("rtf", N)] = grad_step(lambda rtf=rtf: rtf(u), [u, *rtf.parameters()], grad)
             s4d = S4D(D, N, L, device=device)
-            runs[("s4d", N)] = _layer_step(s4d, u, list(s4d.parameters()), grad)
+            runs[("s4d", N)] = grad_step(lambda s4d=s4d: s4d(u), [u, *s4d.parameters()], grad)
             base = S4DKernel(D, N).to(device)
             # Forward + backward hold about four (D, N/2, L) complex tensors.
             materialised_fits[N] = 4 * base.vandermonde_bytes(L) <= cfg["materialised_max_gb"] * 1e9
             if materialised_fits[N]:
                 skip = torch.randn(D, device=device, requires_grad=True)
-                runs[("mat", N)] = _layer_step(_materialised_layer(base, skip), u, list(base.parameters()) + [skip], grad)
+                layer = _materialised_layer(base, skip)
+                runs[("mat", N)] = grad_step(lambda layer=layer: layer(u), [u, *base.parameters(), skip], grad)
         t = compare(runs, repeats=cfg["repeats"], warmup=cfg["warmup"], device=device)
         for N in cfg["states"]:
             r, s = t.get(("rtf", N)), t[("s4d", N)]

@@ -27,7 +27,7 @@ import torch
 from torch._C._autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["Timing", "compare", "time_fn", "peak_memory", "check_cpu_peak_memory", "synchronize"]
+__all__ = ["Timing", "compare", "grad_step", "first_call", "is_oom", "peak_memory", "check_cpu_peak_memory", "synchronize"]
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,25 @@ def compare(
     return {name: Timing.from_samples(s) for name, s in samples.items()}
 
 
-def time_fn(fn: Callable[[], object], **kwargs) -> Timing:
-    """Time one callable (see :func:`compare` for the keyword arguments)."""
-    return compare({"fn": fn}, **kwargs)["fn"]
+def grad_step(fn: Callable[[], torch.Tensor], inputs: list, grad: torch.Tensor) -> Callable[[], object]:
+    """A callable running ``fn()`` and its backward w.r.t. ``inputs`` with upstream gradient ``grad``."""
+    return lambda: torch.autograd.grad(fn(), inputs, grad)
+
+
+def first_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn`` (its first: compilation and allocation included)."""
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for allocation failures: CUDA's OutOfMemoryError, or a CPU allocator's RuntimeError."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
 
 
 def _cpu_peak_from_profiler(prof: profile) -> int:

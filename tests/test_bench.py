@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bench import baselines
 from bench.__main__ import main
@@ -161,7 +162,7 @@ def test_timing_summary_and_interleaving():
 def test_new_benchmarks_are_registered():
     from bench.__main__ import BENCHMARKS, load_benchmark
 
-    assert {"train_speed", "quality", "s4d", "gpu", "distill"} <= set(BENCHMARKS)
+    assert {"train_speed", "quality", "s4d", "distill", "memory", "convert"} <= set(BENCHMARKS)
     for name in BENCHMARKS:
         module = load_benchmark(name)
         assert module.TITLE and callable(module.run)
@@ -220,11 +221,12 @@ def test_quality_screen_runs_train_and_evaluate_and_resumes(tmp_path, monkeypatc
     reference, numbers read back from each run's own metrics and evaluate.py's JSON; a second call
     trains nothing."""
     from bench import quality
+    from bench.runs import WIKITEXT_SIZES, Runner
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
     monkeypatch.setattr(quality, "SCREEN_VARIANTS", ("paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)"))
     out = tmp_path / "out"
-    runner = quality.Runner(out, quality.SMOKE, jobs=2, threads=1)
+    runner = Runner(out, WIKITEXT_SIZES["smoke"], jobs=2, threads=1)
     report, results = quality.run_studies(runner, ("screen",))
     table = report.parts[0]
     assert table.column("variant") == ["paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)", "implicit hyena (reference)"]
@@ -240,15 +242,16 @@ def test_quality_screen_runs_train_and_evaluate_and_resumes(tmp_path, monkeypatc
     assert table.column("max pole radius")[2] is None  # the implicit filter has no poles
     lines = (out / "quality_runs.jsonl").read_text().splitlines()
     assert len(lines) == 3
-    again, _ = quality.run_studies(quality.Runner(out, quality.SMOKE), ("screen",))
+    again, _ = quality.run_studies(Runner(out, WIKITEXT_SIZES["smoke"]), ("screen",))
     assert len((out / "quality_runs.jsonl").read_text().splitlines()) == 3
     assert again.parts[0].rows == table.rows
 
 
 def test_quality_variants_scale_with_the_recipe_lr():
     from bench import quality
+    from bench.runs import lr_wd
 
-    recipe = quality._lr_wd(2e-3, 0.1)
+    recipe = lr_wd(2e-3, 0.1)
     assert quality._variant("pole lr x10", recipe)[-1] == "optim.filter_pole_lr=0.02"
     assert quality._variant("numerator lr x10 (poles at lr)", recipe)[-2:] == ("optim.filter_lr=0.02", "optim.filter_pole_lr=0.002")
     with pytest.raises(ValueError, match="studies"):
@@ -256,11 +259,11 @@ def test_quality_variants_scale_with_the_recipe_lr():
 
 
 def test_quality_names_the_missing_data(tmp_path, monkeypatch):
-    from bench import quality
+    from bench.runs import find_shared
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="HYENA_RTF_SHARED"):
-        quality.find_shared()
+        find_shared()
 
 
 def test_s4d_layer_bench_smoke_mode_tables(tmp_path):
@@ -327,7 +330,7 @@ def test_memory_smoke_mode_tables(tmp_path):
 
     report = memory.run("smoke", torch.device("cpu"), tmp_path)
     cfg = memory.SIZES["smoke"]
-    mixers = [m for m in memory.WANTED if m in memory.MIXERS]
+    mixers = list(memory.MIXERS)
     copying, timing, recall = (p for p in report.parts if isinstance(p, Table))
     n_rows = sum(len(cfg["states"]) if m in memory.STATE_MIXERS else 1 for m in mixers)
     assert len(copying.rows) == len(timing.rows) == n_rows
@@ -338,12 +341,35 @@ def test_memory_smoke_mode_tables(tmp_path):
     assert all(ms > 0 and math.isfinite(ms) for ms in timing.column("step ms"))
     assert timing.column("/ smallest N")[0] == 1.0
     assert recall.column("mixer") == mixers
-    assert all(0 <= a <= 100 for length in cfg["ar_lengths"] for a in recall.column(f"L={length}"))
+    assert all(0 <= a <= 100 for length in cfg["lengths"] for a in recall.column(f"L={length}"))
     assert (tmp_path / "memory.png").stat().st_size > 1000
 
     # Every run was recorded; a second call reuses them instead of training again.
     lines = (tmp_path / "memory_runs.jsonl").read_text().splitlines()
-    assert len(lines) == n_rows * len(cfg["seeds"]) + len(mixers) * len(cfg["ar_lengths"]) * len(cfg["ar_seeds"])
+    assert len(lines) == n_rows * len(cfg["seeds"]) + len(mixers) * len(cfg["lengths"]) * len(cfg["recall_seeds"])
     again = memory.run("smoke", torch.device("cpu"), tmp_path)
     assert again.parts[1].rows == copying.rows
     assert len((tmp_path / "memory_runs.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_memory_runs_are_the_experiments_of_section_9():
+    """The composed configs of the full grid carry the hyperparameters the stored tables were
+    trained with (BENCHMARKS.md section 9), so those tables stay valid."""
+    from bench import memory
+
+    cpu = torch.device("cpu")
+    c = memory.config("copying", "hyena_s4d", 64, 1, "full", cpu)
+    r = memory.config("recall", "attention", 128, 0, "full", cpu)
+    for cfg in (c, r):
+        assert (cfg.model.hidden_size, cfg.model.num_hidden_layers, cfg.model.intermediate_size, cfg.model.output_rank,
+                cfg.model.max_position_embeddings, cfg.model.hyena_order) == (64, 4, 256, 32, 512, 2)
+        assert OmegaConf.to_container(cfg.optim, resolve=True) == dict(
+            lr=3e-3, filter_lr=3e-3, filter_pole_lr=None, weight_decay=0.0, filter_weight_decay=0.0,
+            optimizer={"_target_": "torch.optim.AdamW", "betas": [0.9, 0.999]},
+            decay_norm_and_bias=True, warmup_steps=0.05, min_lr_rate=0.1)
+        assert (cfg.trainer.gradient_clip_val, cfg.trainer.limit_val_batches, cfg.data.batch_size, cfg.data.train_size,
+                cfg.data.eval_size, cfg.data.seed, cfg.test) == (1.0, 4, 16, 8000, 512, cfg.seed, True)
+    assert (c.model.mixer, c.model.state_size, c.seed, c.data.mem_len, c.data.delay, c.data.vocab_size) == ("hyena_s4d", 64, 1, 64, 0, 16)
+    assert (c.trainer.max_steps, c.trainer.val_check_interval) == (300, 100)
+    assert (r.data.seq_len, r.data.num_pairs, r.data.num_queries, r.data.vocab_size) == (128, 4, 16, 17)
+    assert (r.trainer.max_steps, r.trainer.val_check_interval) == (600, 200)

@@ -1,6 +1,7 @@
-"""The unattended GPU benchmark: runs end to end on CPU (smoke) without the training stack's
-config/data imports, isolates failing cells, keeps its budget; the static-buffer recurrent decoder
-matches a parallel forward; ``compile=true`` trains to the same losses as eager."""
+"""The unattended GPU suite (``python -m bench gpu``): runs end to end on CPU (smoke) without the
+training stack's config/data imports, isolates failing benchmarks, keeps its budget; the
+static-buffer recurrent decoder matches a parallel forward; ``compile=true`` trains to the same
+losses as eager."""
 
 import json
 import math
@@ -8,11 +9,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
 
-from bench.gpu_cells import Budget, Cells
+from bench import __main__ as cli
+from bench import train_speed
+from bench.report import Report, Table
 from hyena_rtf.modeling.graph_decode import RecurrentDecoder, reference_decode
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
@@ -20,6 +24,12 @@ from hyena_rtf.modeling.presets import preset_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKED = ("hydra", "omegaconf", "datasets", "wandb")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def rows(path) -> list[dict]:
+    """The first table of a benchmark's JSON as dicts."""
+    table = json.loads(path.read_text())["tables"][0]
+    return [dict(zip(table["headers"], r)) for r in table["rows"]]
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -38,95 +48,72 @@ def test_smoke_run_without_hydra_omegaconf_datasets_wandb(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "BENCH_PEAK_TFLOPS": "1", "BENCH_PEAK_TBS": "0.05"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # $OUT receives the report and the raw numbers; the summary is printed last.
-    md = (tmp_path / "gpu.md").read_text()
-    assert proc.stdout.rsplit("### ", 1)[-1].startswith("Summary: targets")
-    assert md.rstrip().endswith("see the status columns and gpu.json.")
-    assert "torch " + torch.__version__ in md
-    data = json.loads((tmp_path / "gpu.json").read_text())
-    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["device"] == "cpu"
-    assert data["errors"] == []
-    res = data["results"]
+    for name in cli.GPU_SUITE:  # every benchmark of the suite left its report and raw numbers in $OUT
+        assert "mode: smoke" in (tmp_path / f"{name}.md").read_text() and (tmp_path / f"{name}.json").is_file()
 
-    train = res["train"]
-    eager = [r for r in train if not r["compiled"]]
-    assert {(r["mixer"], r["L"]) for r in eager} == {(m, L) for m in ("hyena_rtf", "hyena", "attention") for L in (32, 64)}
-    for r in eager:
+    train = rows(tmp_path / "train_speed.json")
+    assert {(r["mixer"], r["L"]) for r in train} == {(m, L) for m in ("hyena_rtf", "hyena", "attention") for L in (32, 64)}
+    for r in train:
         assert r["status"] == "ok", r
-        assert r["batch"] * r["L"] == 128  # tokens per step fixed across L
-        assert r["tokens_per_s"] == pytest.approx(128 / (r["step_ms"] / 1e3))
-        assert 0 < r["mfu"] < 1 and r["step_peak_gb"] > r["state_gb"] > 0
-    # Compilation cannot fit an infinite estimate: skipped and said so, never silently dropped.
-    compiled = [r for r in train if r["compiled"]]
-    assert len(compiled) == 3 and all(r["status"].startswith("skipped: budget") for r in compiled)
+        assert r["tokens/s"] == pytest.approx(r["L"] / (r["step ms"] / 1e3))
+        # The peaks given by hand make MFU and the floors appear (they are left out where unknown).
+        assert 0 < r["MFU %"] < 100 and r["floor ms (FLOPs)"] > 0 and r["floor ms (bytes)"] > 0
 
-    rtf = res["rtf"]
-    assert sorted((r["what"], r["N"]) for r in rtf) == [("kernel", 4), ("kernel", 16), ("layer", 4), ("layer", 16)]
-    assert all(r["status"] == "ok" and r["ms"] > 0 for r in rtf)
-
-    dec = res["decode"]
-    assert len(dec) == 3 * 2 * 2  # no CUDA graph variant on CPU; 2 batches x 2 positions
-    for r in dec:
-        assert r["status"] == "ok" and math.isfinite(r["ms_per_token"]) and r["floor_ms"] > 0, r
-    states = {(r["variant"], r["batch"], r["position"]): r["state_mib"] for r in dec}
+    dec = rows(tmp_path / "decode.json")
+    assert len(dec) == 3 * 2 * 2  # no static-buffer or CUDA graph variants on CPU; 2 batches x 2 positions
+    assert all(math.isfinite(r["ms / token"]) and r["ms / token"] > 0 for r in dec)
+    states = {(r["method"], r["batch"], r["position"]): r["state MiB"] for r in dec}
     # tiny preset: per layer 3*64*2 short-conv values + 64*8 RTF state, 2 layers, fp32; KV: 2*2*P*64 fp32
-    assert states[("recurrent, static buffers", 2, 40)] == 2 * 2 * (3 * 64 * 2 + 64 * 8) * 4 / 2**20
-    assert states[("attention + KV cache", 1, 40)] == 2 * 2 * 40 * 64 * 4 / 2**20
+    assert states[("recurrent (Hyena-RTF)", 2, 200)] == 2 * 2 * (3 * 64 * 2 + 64 * 8) * 4 / 2**20
+    assert states[("attention + KV cache", 1, 200)] == 2 * 2 * 200 * 64 * 4 / 2**20
 
 
-def test_full_sizes_refused_on_cpu(tmp_path):
-    from bench.gpu import run
-
-    report = run("full", torch.device("cpu"), tmp_path)
-    assert "need a CUDA device" in report.to_markdown() and not (tmp_path / "gpu.json").exists()
+def test_gpu_sizes_refused_on_cpu(tmp_path, capsys):
+    assert cli.main(["gpu", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    assert "need a CUDA device" in capsys.readouterr().out and not (tmp_path / "out").exists()
 
 
-def test_cells_isolate_failures_and_respect_the_budget(tmp_path):
-    now = [0.0]
-    cells = Cells(Budget(100.0, clock=lambda: now[0]), torch.device("cpu"), tmp_path / "r.json", {"mode": "test"})
+def test_suite_isolates_failures_and_respects_the_budget(tmp_path, monkeypatch):
+    ran = []
 
-    def oom():
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    def fake(name, error=None):
+        def run(mode, device, out):
+            ran.append(name)
+            if error is not None:
+                raise error
+            report = Report(name, name)
+            report.parts.append(Table("t", ["x"], [[1]]))
+            return report
+        return types.SimpleNamespace(TITLE=name, run=run)
 
-    def broken():
-        raise ValueError("bad shape\nsecond line")
-
-    def slow():
-        now[0] += 70.0
-        return {"x": 1}
-
-    assert cells.run("s", oom, i=0)["status"] == "OOM"
-    assert cells.run("s", broken, i=1)["status"] == "error: ValueError: bad shape"
-    assert cells.run("s", slow, estimate_s=50, i=2) | {"cell_s": 0} == {"i": 2, "x": 1, "status": "ok", "cell_s": 0}
-    skipped = cells.run("s", slow, estimate_s=50, i=3)  # 30 s left
-    assert skipped["status"] == "skipped: budget (50 s estimated, 30 s left)" and now[0] == 70.0
-    saved = json.loads((tmp_path / "r.json").read_text())
-    assert [r["status"][:5] for r in saved["results"]["s"]] == ["OOM", "error", "ok", "skipp"]
-    assert len(saved["errors"]) == 1 and "ValueError" in saved["errors"][0]
-    with pytest.raises(ValueError):
-        Budget(0)
+    modules = {"train_speed": fake("train_speed", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")),
+               "rtf": fake("rtf"), "s4d": fake("s4d"), "decode": fake("decode")}
+    monkeypatch.setattr(cli, "load_benchmark", modules.__getitem__)
+    assert cli.main(["gpu", "--smoke", "--out", str(tmp_path)]) == 1  # one failed, the others ran
+    assert ran == list(cli.GPU_SUITE)
+    assert "OutOfMemoryError: CUDA out of memory" in (tmp_path / "train_speed.md").read_text()
+    assert json.loads((tmp_path / "rtf.json").read_text())["tables"][0]["rows"] == [[1]]
+    ran.clear()
+    assert cli.main(["gpu", "--smoke", "--out", str(tmp_path), "--budget-s", "-1"]) == 0
+    assert ran == [] and "skipped: the budget of -1 s was spent" in (tmp_path / "decode.md").read_text()
 
 
-def test_train_pass_times_mixers_alone_when_the_interleaved_loop_fails(tmp_path, monkeypatch):
-    import bench.gpu_train as gpu_train
-    from bench.gpu import SIZES, train_tables
+def test_train_speed_records_a_mixer_out_of_memory(tmp_path, monkeypatch):
+    real = train_speed.first_call
+    calls = []
 
-    real = gpu_train.compare
+    def oom_for_attention(step, device):
+        calls.append(step)
+        if len(calls) % 3 == 0:  # the third mixer of each L: attention
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(step, device)
 
-    def interleaved_oom(fns, **kw):
-        if len(fns) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated for the interleaved loop)")
-        return real(fns, **kw)
-
-    monkeypatch.setattr(gpu_train, "compare", interleaved_oom)
-    cfg = {**SIZES["smoke"]["train"], "lengths": (32,)}
-    cells = Cells(Budget(300.0), torch.device("cpu"), None, {"mode": "smoke"})
-    gpu_train.eager_pass(cells, cfg, torch.device("cpu"), torch.bfloat16, None, None)
-    assert [r["status"] for r in cells.results["train_timing"]] == ["OOM", "ok", "ok", "ok"]
-    rows = cells.results["train"]
-    assert [r["mixer"] for r in rows] == ["hyena_rtf", "hyena", "attention"]
-    assert all(r["status"] == "ok" and r["timed_alone"] and r["step_ms"] > 0 for r in rows)
-    assert "Timed alone" in train_tables(cells)[0].to_markdown()
+    monkeypatch.setattr(train_speed, "first_call", oom_for_attention)
+    monkeypatch.setitem(train_speed.SIZES, "smoke", dict(train_speed.SIZES["smoke"], lengths=(32,)))
+    table = train_speed.run("smoke", torch.device("cpu"), tmp_path).parts[0]
+    assert table.column("mixer") == ["hyena_rtf", "hyena", "attention"]
+    assert table.column("status") == ["ok", "ok", "out of memory"]
+    assert table.column("step ms")[2] is None and all(v > 0 for v in table.column("step ms")[:2])
 
 
 def _tiny(seed=0, **kw):
@@ -198,38 +185,21 @@ def test_cuda_graph_decoder_matches_eager_and_parallel(monkeypatch):
 
 @pytest.mark.gpu
 @cuda
-def test_gpu_bench_smoke_on_cuda(tmp_path):
-    from bench.gpu import run
-
-    report = run("smoke", torch.device("cuda"), tmp_path, budget_s=300)
-    data = json.loads((tmp_path / "gpu.json").read_text())
-    assert data["errors"] == []
-    variants = {r["variant"] for r in data["results"]["decode"] if r["status"] == "ok"}
-    assert "recurrent, CUDA graph" in variants
-    assert "### Summary: targets" in report.to_markdown()
+def test_gpu_suite_smoke_on_cuda(tmp_path):
+    assert cli.main(["gpu", "--smoke", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    methods = {r["method"] for r in rows(tmp_path / "decode.json")}
+    assert {"recurrent, static buffers", "recurrent, CUDA graph"} <= methods
 
 
 @pytest.mark.slow
-def test_bench_compile_pass_on_cpu_keeps_budget(tmp_path):
-    """One compiled cell runs and is timed beside eager; the rest is skipped once the observed
-    compile time shows it would not fit."""
-    from bench.gpu_train import compile_pass
-
-    cfg = dict(size="tiny", tokens=64, repeats=2, warmup=1, build_s=1.0, compile_s=1.0, compile_lengths=(32,),
-               overrides=dict(vocab_size=256))
-    # A stopped clock: 3 s are always left, enough for the first estimate (1 s + 1 s to build), never
-    # for 1.25x a real compile time; so exactly one mixer compiles, on any machine.
-    cells = Cells(Budget(3.0, clock=lambda: 0.0), torch.device("cpu"), tmp_path / "gpu.json", {})
-    compile_pass(cells, cfg, torch.device("cpu"), torch.bfloat16, None, None)
-    comp = {r["mixer"]: r for r in cells.results["compile"]}
-    assert comp["hyena_rtf"]["status"] == "ok" and comp["hyena_rtf"]["compile_s"] > 0
-    for mixer in ("hyena", "attention"):
-        assert comp[mixer]["status"].startswith("skipped: budget"), comp[mixer]
-    rows = {r["mixer"]: r for r in cells.results["train"]}
-    assert set(rows) == {"hyena_rtf", "hyena", "attention"}
-    assert rows["hyena_rtf"]["status"] == "ok" and rows["hyena_rtf"]["speedup_vs_eager"] > 0
-    assert rows["hyena_rtf"]["step_ms"] > 0 and rows["hyena_rtf"]["eager_ms_same_loop"] > 0
-    assert rows["hyena"]["status"].startswith("skipped: budget")
+def test_train_speed_times_compiled_models_beside_eager(tmp_path, monkeypatch):
+    """torch.compile on CPU (gcc): the compiled variant of each mixer is timed in the same loop."""
+    sizes = dict(train_speed.SIZES["smoke"], lengths=(32,), compile_lengths=(32,), overrides=dict(vocab_size=256))
+    monkeypatch.setitem(train_speed.SIZES, "smoke", sizes)
+    table = train_speed.run("smoke", torch.device("cpu"), tmp_path).parts[0]
+    mixers = ["hyena_rtf", "hyena", "attention"]
+    assert table.column("mixer") == mixers + [f"{m} (compiled)" for m in mixers]
+    assert all(s.startswith("ok") for s in table.column("status")) and all(v > 0 for v in table.column("step ms"))
 
 
 @pytest.mark.slow

@@ -16,12 +16,15 @@ from .long_filter import LongFilter
 from .rtf import RTF
 from .s4d import S4D
 
-__all__ = ["FILTERS", "MIXER_FILTERS", "filter_class"]
+__all__ = ["FILTERS", "MIXER_FILTERS", "STATE_MIXERS", "filter_class"]
 
 FILTERS: dict[str, type[LongFilter]] = {"rtf": RTF, "implicit": ImplicitFilter, "s4d": S4D}
 
 # LM mixer name -> filter name. The attention mixer has no long filter and is not listed.
 MIXER_FILTERS: dict[str, str] = {"hyena_rtf": "rtf", "hyena": "implicit", "hyena_s4d": "s4d"}
+
+# The mixers whose filters have a state of ``state_size`` (the ones a state-size sweep varies).
+STATE_MIXERS: tuple[str, ...] = tuple(m for m, f in MIXER_FILTERS.items() if FILTERS[f].state_sized)
 
 
 def filter_class(filter: Union[str, type[LongFilter]]) -> type[LongFilter]:

@@ -101,6 +101,9 @@ class LongFilter(nn.Module):
     """
 
     has_recurrence: bool = False
+    # True when the filter's state has the config's ``state_size`` (RTF, S4D): the size a
+    # benchmark or a sweep varies. A class attribute, known before any filter is built.
+    state_sized: bool = False
     d_model: int
     l_max: int
 

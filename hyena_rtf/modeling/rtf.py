@@ -149,6 +149,8 @@ class RTF(RTFRecurrence, LongFilter):
             if self.decay is not None:
                 set_graded_poles(self.a_raw, self.montel_scale, self.num_a, self.l_max, self.decay, self.constraint)
 
+    state_sized = True
+
     @property
     def has_recurrence(self) -> bool:
         """True unless bidirectional: the anti-causal half needs future inputs."""

@@ -156,6 +156,7 @@ class S4D(LongFilter):
     """
 
     has_recurrence = True
+    state_sized = True
 
     def __init__(
         self,

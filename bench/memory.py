@@ -17,15 +17,15 @@ and the generated data; every mixer sees the same data for a given seed.
 Training time per step is measured separately, interleaved over the state sizes
 (``bench.timing.compare``), because wall time per run on a shared machine is not a comparison.
 Finished runs are kept in ``<out>/memory_runs.jsonl`` (``bench.runs.RunFile``), so an interrupted
-grid resumes. On a machine with idle cores the two grids can fill it in parallel first:
+grid resumes. On a machine with idle cores the two grids can fill it in parallel first (``tasks=``
+trains one task's grid and reports nothing else):
 
-    python -m bench.memory copying --out bench/results & python -m bench.memory recall --out bench/results
+    python -m bench memory tasks=copying --out bench/results & python -m bench memory tasks=recall --out bench/results
     python -m bench memory --threads 1 --out bench/results   # reuses both grids, times the steps, writes the report
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -40,7 +40,7 @@ from hyena_rtf.modeling.filters import STATE_MIXERS
 from hyena_rtf.modeling.mixers import MIXER_CLASSES
 
 from .report import Line, Panel, Report, Table, save_plot
-from .runs import RunFile, build_model, compose_train, run_key, train_in_process
+from .runs import RunFile, as_tuple, build_model, compose_train, run_key, train_in_process
 from .timing import compare
 from .workloads import train_step
 
@@ -124,10 +124,15 @@ def _accs(runs: dict, keys: list) -> list[float]:
     return [100 * runs[k]["test/acc"] for k in keys]
 
 
-def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] = None) -> Report:
-    """Train the copying and associative-recall grids of ``mode`` and tabulate them."""
-    s, mixers = SIZES[mode], _mixers(mixers)
+def run(mode: str, device: torch.device, out: Path, mixers=None, tasks=tuple(TASKS)) -> Report:
+    """Train the copying and associative-recall grids of ``mode`` and tabulate them (with one of
+    ``tasks`` only: train that grid, e.g. in parallel with the other, and report nothing else)."""
+    s, mixers, tasks = SIZES[mode], _mixers(mixers and as_tuple(mixers)), as_tuple(tasks)
     runs = RunFile(out / "memory_runs.jsonl")
+    if len(tasks) == 1:
+        report = Report("memory", TITLE)
+        report.parts.append(f"{len(grid(tasks[0], mode, mixers, runs, device))} {tasks[0]} runs in {runs.path}.")
+        return report
     copy, ar = grid("copying", mode, mixers, runs, device), grid("recall", mode, mixers, runs, device)
     timing = step_times(mode, mixers, device)
     c, r = config("copying", mixers[0], None, 0, mode, device), config("recall", mixers[0], s["lengths"][0], 0, mode, device)
@@ -198,24 +203,3 @@ def _mixers(mixers: Optional[list[str]]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown mixers {unknown}; choose from {list(MIXERS)}")
     return list(mixers or MIXERS)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Fill the run file with one task's grid (for two grids in parallel); the report comes from
-    ``python -m bench memory``, which reuses the runs."""
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=main.__doc__.splitlines()[0])
-    parser.add_argument("task", choices=tuple(TASKS))
-    parser.add_argument("--mode", choices=tuple(SIZES), default="full")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--mixers", nargs="+", default=None, help=f"default: {list(MIXERS)}")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    grid(args.task, args.mode, _mixers(args.mixers), RunFile(args.out / "memory_runs.jsonl"), torch.device(args.device))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

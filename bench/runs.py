@@ -128,6 +128,11 @@ def find_shared() -> Path:
     )
 
 
+def as_tuple(value) -> tuple:
+    """A ``key=value`` option of ``python -m bench`` as a tuple (one value stands for a list of one)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def lr_wd(lr: float, wd: float) -> tuple[str, ...]:
     """The overrides of an AdamW recipe."""
     return (f"optim.lr={lr}", f"optim.weight_decay={wd}")

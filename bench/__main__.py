@@ -90,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_GPU_BUDGET_S") or 400), help="wall-clock budget of the gpu suite")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     gpu = "gpu" in args.names
     options = parse_options([n for n in args.names if "=" in n])

@@ -3,22 +3,13 @@
     python -m bench convert --quick --threads 1
     python -m bench convert --smoke             # tiny settings: checks that it runs
 
-1. Fit. Each committed fixture (tests/fixtures: the HyenaDNA directory, the safari run and the
-   safari eval-YAML model, all random weights with noise on every parameter) is converted with
-   ``hyena_rtf.checkpoints.conversion.convert_checkpoint`` (what convert.py runs) and distilled with
-   ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what distill.py runs) at several state sizes.
-   Per state size: the mean relative kernel error, the largest pole radius, and on the fixture's
-   reference inputs the mean KL(teacher || student) of the next-token distributions and the top-1
-   agreement. With random weights there is no perplexity; as the scale for the KL, the table also
-   gives the KL of the teacher with its long convolutions removed (skip term only).
-2. Decoding. The teacher (implicit filters, no state) decodes by re-running its parallel forward
-   over the last l_max tokens per new token; the students decode recurrently (state prefilled in
-   parallel to the position, one step per token). Timed interleaved (``bench.timing.compare``) at
-   positions 128, 1K, 4K and 16K, batch 1, for the converted HyenaDNA fixture (d_model 16,
-   l_max 1026) and for a model of hyenadna-tiny-1k's shape (d_model 128, 2 layers, d_inner 512,
-   filter width 64, emb_dim 5, l_max 1026): its random weights are written in HyenaDNA's format
-   (config.json + weights.ckpt) and converted the same way, since the real checkpoint cannot be
-   downloaded here.
+1. Fit: each committed fixture (tests/fixtures) converted with ``convert_checkpoint`` (what
+   convert.py runs), distilled with ``distill_checkpoint`` (what distill.py runs) at several state
+   sizes, and compared with its teacher on the fixture's reference inputs.
+2. Decoding: the teacher's recompute against the students' recurrent steps, for the HyenaDNA
+   fixture and a model of hyenadna-tiny-1k's shape (:func:`write_hyenadna_source`).
+
+Protocol and reading: BENCHMARKS.md section 10.
 """
 
 from __future__ import annotations

@@ -4,21 +4,9 @@
     python -m bench decode --quick --threads 1   # positions up to 4096, fewer repeats
     python -m bench gpu                          # the 125m presets on CUDA (mode "gpu"), batch 1 and 16
 
-For each position P (tokens already in the context) and batch size B it times greedy decoding,
-one ``model(...)`` call per new token with ``logits_to_keep=1`` (so the LM head is part of every
-step), for the ways of decoding the same backbone of ``bench.workloads``:
-
-- ``recurrent``: Hyena-RTF with its recurrent state, fast-forwarded to P by a parallel prefill.
-- ``recompute``: the same weights without state, re-running the parallel forward over the last
-  l_max tokens per token.
-- ``attention``: the attention model of the same preset with rotary positions (learned ones stop at
-  l_max) and transformers' DynamicCache, filled with random keys and values of the right shape.
-- on CUDA also the recurrent step through ``RecurrentDecoder``'s static buffers, eagerly and as one
-  CUDA graph replay per token.
-
-All methods of one (B, P) are timed interleaved (``bench.timing.compare``), so load on a shared
-machine hits them alike. Memory is the decoding state: the recurrent state (constant in P), the
-key-value cache (linear in P) and, for recomputation, the window of l_max token ids it keeps.
+Greedy decoding of the same backbone by each method of :data:`METHODS` (on CUDA also
+:data:`CUDA_METHODS`), timed by :func:`bench.workloads.decoding_table`. Protocol and reading:
+BENCHMARKS.md sections 2 and 6.
 """
 
 from __future__ import annotations

@@ -3,16 +3,10 @@
     python -m bench distill --quick --threads 1   # D=64, 2 layers, 300 steps (the quality quick size)
     python -m bench distill --smoke               # tiny sizes: checks that it runs
 
-1. The teacher is a run of the quality benchmark's kind (``bench.runs.Runner``): ``train.py experiment=wikitext_cpu
-   model=hyena_tiny`` at lr 3e-3, weight decay 0.1, in the quick (or smoke) size, scored by
-   ``evaluate.py`` on all of WikiText-2 test.
-2. ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
-   ``mixer=hyena_rtf`` checkpoints of state size 4, 16 and 64 (no constraint), and 16 with the
-   ``l1_montel`` constraint; each is scored by ``evaluate.py`` like the teacher.
-3. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
-   new token (it has no state); the N=64 student decodes recurrently (prefilled state, one step
-   per token). Timed interleaved with the decoding closures of ``bench.workloads`` at positions 1024 and 4096,
-   batch 1 and 8.
+The teacher is a run of the quality benchmark's kind (``bench.runs.Runner``); ``distill_checkpoint``
+(what ``distill.py`` runs) turns it into RTF students, each scored by ``evaluate.py`` like the
+teacher; then the teacher's recompute is timed against the largest student's recurrent steps.
+Protocol and reading: BENCHMARKS.md section 8.
 """
 
 from __future__ import annotations

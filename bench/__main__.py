@@ -4,8 +4,8 @@ Each benchmark prints a markdown report and writes ``<out>/<name>.md`` (plus its
 ``<out>/<name>.json`` (the tables' raw numbers). A benchmark is a module with ``TITLE`` and
 ``run(mode, device, out, **options) -> Report``; add it to ``BENCHMARKS`` below. ``key=value``
 arguments are the options of the one benchmark named (``python -m bench quality studies=grid
-lrs=1.5e-3,3e-3 jobs=2``): a value with a comma is a list, an empty one an empty list, and
-numbers and booleans are read as Python literals.
+lrs=1.5e-3,3e-3 jobs=2``): a value with a comma (not followed by a space) is a list, an empty one
+an empty list, and numbers and booleans are read as Python literals.
 
 ``python -m bench gpu [NAME ...]`` is the unattended GPU run: the benchmarks of ``GPU_SUITE`` (or
 those named) at their "gpu" sizes (the 125m presets), on CUDA, within a wall-clock budget (``--budget-s``, else
@@ -25,6 +25,7 @@ import argparse
 import ast
 import importlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -61,8 +62,8 @@ def parse_options(items: list[str]) -> dict:
     options = {}
     for item in items:
         key, _, value = item.partition("=")
-        values = [literal(v) for v in value.split(",") if v]
-        options[key] = values if "," in value or not value else values[0]
+        values = [literal(v) for v in re.split(r",(?! )", value) if v]
+        options[key] = values if len(values) != 1 else values[0]
     return options
 
 

@@ -267,6 +267,8 @@ def test_options_of_one_benchmark():
 
     assert parse_options(["lrs=1.5e-3,3e-3", "states=", "seeds=0", "mixers=hyena_rtf,hyena", "variants=h0 = 1"]) == dict(
         lrs=[1.5e-3, 3e-3], states=[], seeds=0, mixers=["hyena_rtf", "hyena"], variants="h0 = 1")
+    assert parse_options(["variants=h0 = 1,implicit hyena, filters frozen (reference)"])["variants"] == [
+        "h0 = 1", "implicit hyena, filters frozen (reference)"]
     with pytest.raises(SystemExit):
         main(["rtf", "decode", "--smoke", "repeats=1"])  # options of one benchmark only
 

@@ -1,8 +1,11 @@
-"""Run benchmarks: ``python -m bench [NAME ...] [--quick | --smoke] [--device D] [--out DIR]``.
+"""Run benchmarks: ``python -m bench [NAME ...] [--quick | --smoke] [--device D] [--out DIR] [key=value ...]``.
 
 Each benchmark prints a markdown report and writes ``<out>/<name>.md`` (plus its plots) and
 ``<out>/<name>.json`` (the tables' raw numbers). A benchmark is a module with ``TITLE`` and
-``run(mode, device, out) -> Report``; add it to ``BENCHMARKS`` below.
+``run(mode, device, out, **options) -> Report``; add it to ``BENCHMARKS`` below. ``key=value``
+arguments are the options of the one benchmark named (``python -m bench quality studies=grid
+lrs=1.5e-3,3e-3 jobs=2``): a value with a comma (not followed by a space) is a list, an empty one
+an empty list, and numbers and booleans are read as Python literals.
 
 ``python -m bench gpu [NAME ...]`` is the unattended GPU run: the benchmarks of ``GPU_SUITE`` (or
 those named) at their "gpu" sizes (the 125m presets), on CUDA, within a wall-clock budget (``--budget-s``, else
@@ -19,8 +22,10 @@ OpenMP/allocator environment.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,10 +50,27 @@ def load_benchmark(name: str):
     return importlib.import_module(f"{__package__}.{name}")
 
 
-def run_isolated(name: str, mode: str, device: torch.device, out: Path) -> tuple[Report, bool]:
+def parse_options(items: list[str]) -> dict:
+    """``key=value`` arguments as keyword arguments of a benchmark's ``run``."""
+
+    def literal(text: str):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    options = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        values = [literal(v) for v in re.split(r",(?! )", value) if v]
+        options[key] = values if len(values) != 1 else values[0]
+    return options
+
+
+def run_isolated(name: str, mode: str, device: torch.device, out: Path, options: Optional[dict] = None) -> tuple[Report, bool]:
     """Run one benchmark; a failure becomes a report that says what failed (and False)."""
     try:
-        return load_benchmark(name).run(mode, device, out), True
+        return load_benchmark(name).run(mode, device, out, **(options or {})), True
     except Exception as err:  # noqa: BLE001 - one benchmark must never end an unattended run
         report = Report(name, f"{name}: failed")
         report.parts.append(f"error: {type(err).__name__}: {err}\n\n```text\n{traceback.format_exc(limit=8)}```")
@@ -60,7 +82,8 @@ def run_isolated(name: str, mode: str, device: torch.device, out: Path) -> tuple
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse the command line, run the benchmarks in turn, write and print their reports."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {list(BENCHMARKS)}), or gpu")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {list(BENCHMARKS)}), or gpu; "
+                        "then key=value options of the one benchmark named")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes, memory about 10)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes that only check the benchmarks run (used by the tests)")
@@ -68,13 +91,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_GPU_BUDGET_S") or 400), help="wall-clock budget of the gpu suite")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     gpu = "gpu" in args.names
-    names = [n for n in args.names if n != "gpu"] or (list(GPU_SUITE) if gpu else list(BENCHMARKS))
+    options = parse_options([n for n in args.names if "=" in n])
+    names = [n for n in args.names if n != "gpu" and "=" not in n] or (list(GPU_SUITE) if gpu else list(BENCHMARKS))
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)} or gpu")
+    if options and len(names) != 1:
+        parser.error("key=value options need exactly one benchmark named")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
@@ -94,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             report, ok = Report(name, f"{name}: skipped"), True
             report.parts.append(f"skipped: the budget of {args.budget_s:.0f} s was spent ({start - started:.0f} s).")
         else:
-            report, ok = run_isolated(name, mode, device, args.out)
+            report, ok = run_isolated(name, mode, device, args.out, options)
         failed += not ok
         head = header(device, command) + f"\n- mode: {mode}, wall time {time.perf_counter() - start:.0f} s"
         text = report.to_markdown(head)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,18 +38,7 @@ __all__ = [
 
 def reference_fft_size(n: int) -> int:
     """Smallest 5-smooth integer >= n (the earlier rule, blind to the cost of odd lengths)."""
-    best = 1 << max(n - 1, 0).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
+    return scipy.fft.next_fast_len(n, real=True)
 
 
 def reference_fft_conv(u: Tensor, k: Tensor) -> Tensor:

@@ -3,22 +3,13 @@
     python -m bench convert --quick --threads 1
     python -m bench convert --smoke             # tiny settings: checks that it runs
 
-1. Fit. Each committed fixture (tests/fixtures: the HyenaDNA directory, the safari run and the
-   safari eval-YAML model, all random weights with noise on every parameter) is converted with
-   ``hyena_rtf.checkpoints.conversion.convert_checkpoint`` (what convert.py runs) and distilled with
-   ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what distill.py runs) at several state sizes.
-   Per state size: the mean relative kernel error, the largest pole radius, and on the fixture's
-   reference inputs the mean KL(teacher || student) of the next-token distributions and the top-1
-   agreement. With random weights there is no perplexity; as the scale for the KL, the table also
-   gives the KL of the teacher with its long convolutions removed (skip term only).
-2. Decoding. The teacher (implicit filters, no state) decodes by re-running its parallel forward
-   over the last l_max tokens per new token; the students decode recurrently (state prefilled in
-   parallel to the position, one step per token). Timed interleaved (``bench.timing.compare``) at
-   positions 128, 1K, 4K and 16K, batch 1, for the converted HyenaDNA fixture (d_model 16,
-   l_max 1026) and for a model of hyenadna-tiny-1k's shape (d_model 128, 2 layers, d_inner 512,
-   filter width 64, emb_dim 5, l_max 1026): its random weights are written in HyenaDNA's format
-   (config.json + weights.ckpt) and converted the same way, since the real checkpoint cannot be
-   downloaded here.
+1. Fit: each committed fixture (tests/fixtures) converted with ``convert_checkpoint`` (what
+   convert.py runs), distilled with ``distill_checkpoint`` (what distill.py runs) at several state
+   sizes, and compared with its teacher on the fixture's reference inputs.
+2. Decoding: the teacher's recompute against the students' recurrent steps, for the HyenaDNA
+   fixture and a model of hyenadna-tiny-1k's shape (:func:`write_hyenadna_source`).
+
+Protocol and reading: BENCHMARKS.md section 10.
 """
 
 from __future__ import annotations
@@ -30,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from hyena_rtf.checkpoints.loading import load_for_inference
 from hyena_rtf.checkpoints.conversion import convert_checkpoint
@@ -39,8 +31,7 @@ from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.checkpoints.safari import source_name
 
 from .report import Report, Table
-from .timing import compare
-from .workloads import recompute_step, recurrent_step
+from .workloads import decoding_table, recompute_step, recurrent_step
 
 TITLE = "Converted safari-family checkpoints distilled into RTFs: fit and constant-time decoding"
 
@@ -71,7 +62,7 @@ TINY_1K = {"d_model": 128, "n_layer": 2, "d_inner": 512, "vocab_size": 12, "resi
 def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
     """Mean KL(teacher || student) of the next-token distributions (nats)."""
     p, q = teacher_logits.log_softmax(-1), student_logits.log_softmax(-1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    return float(F.kl_div(q, p, reduction="none", log_target=True).sum(-1).mean())
 
 
 def write_hyenadna_source(directory: Path, seed: int = 0) -> Path:
@@ -135,48 +126,27 @@ def _fit_table(settings: dict, tmp: Path) -> tuple[Table, dict]:
                       summary["distill_s"])
             converted[name]["students"][n] = Path(summary["checkpoint"])
     fit = settings["fit"]
-    table.notes.append(
-        f"distill.py with max_steps={fit['max_steps']}, hankel_taps={fit['hankel_taps']}, constraint none. Kernel error: "
-        "||k_student - k_teacher|| / ||k_teacher|| per channel over all l_max taps, averaged over channels and layers. "
-        "KL and top-1 agreement on the fixture's reference inputs (HyenaDNA: its 1026-character DNA string; the "
-        "others: two rows of random ids)."
-    )
+    table.notes.append(f"distill.py with max_steps={fit['max_steps']}, hankel_taps={fit['hankel_taps']}, constraint "
+                       "none. Columns: BENCHMARKS.md section 10.")
     return table, converted
 
 
-def _decode_table(models: list[tuple[str, Path, dict[int, Path]]], settings: dict, device: torch.device) -> Table:
-    table = Table(
-        "2. Decoding, batch 1: teacher recompute vs distilled student recurrent (interleaved)",
-        ["model", "method", "position", "ms / token", "IQR ms", "speed-up vs teacher", "vs first position"],
-    )
+def _decode_tables(models: list[tuple[str, Path, dict[int, Path]]], settings: dict, device: torch.device) -> list[Table]:
+    tables = []
     torch.manual_seed(0)
-    teacher_name = "teacher: recompute (window l_max)"
     for label, teacher_dir, students in models:
         # Loaded outside inference mode: RTF keys its cached recurrence on parameter versions.
-        teacher, _ = load_for_inference(teacher_dir, device)
-        loaded = {f"student N={n}: recurrent": load_for_inference(p, device)[0] for n, p in students.items()}
-        with torch.inference_mode():
-            # Every (method, position) pair in one interleaved loop, so that both ratios (student
-            # vs teacher, and each method against itself at the first position) see the same load.
-            steps = {}
-            for position in settings["positions"]:
-                steps[(teacher_name, position)] = recompute_step(teacher, position, 1, device)[0]
-                for name, model in loaded.items():
-                    steps[(name, position)] = recurrent_step(model, position, 1, device)[0]
-            timings = compare(steps, repeats=settings["repeats"], warmup=2, device=device)
-        first = settings["positions"][0]
-        for (name, position), t in timings.items():
-            table.add(label, name, position, t.median * 1e3, t.iqr * 1e3,
-                      timings[(teacher_name, position)].median / t.median, t.median / timings[(name, first)].median)
-    table.notes.append(
-        f"Median of {settings['repeats']} rounds after two warm-ups; every round times one step of every (method, "
-        "position) pair of a model in turn, so all ratios compare measurements taken side by side. A step is one "
-        "model call with logits_to_keep=1 on the argmax of the previous one. The teacher has no state: each token "
-        "re-runs the parallel forward over the last l_max tokens, so its cost grows up to l_max and then stays. "
-        "'vs first position': this method's time at the position over its own time at the first position (flat "
-        "decoding: 1.0)."
-    )
-    return table
+        methods = {"teacher: recompute (window l_max)": (load_for_inference(teacher_dir, device)[0], recompute_step)}
+        for n, path in students.items():
+            methods[f"student N={n}: recurrent"] = (load_for_inference(path, device)[0], recurrent_step)
+        # Every (method, position) pair in one interleaved loop, so that both ratios (student vs
+        # teacher, and each method against itself at the first position) see the same load.
+        table = decoding_table(f"2. Decoding, batch 1, {label}: teacher recompute vs distilled students recurrent "
+                               "(interleaved)", methods, (1,), settings["positions"], device, settings["repeats"],
+                               warmup=2, together=True)
+        table.notes.append("Protocol and reading: BENCHMARKS.md section 10.")
+        tables.append(table)
+    return tables
 
 
 def run(mode: str, device: torch.device, out: Path) -> Report:
@@ -205,6 +175,6 @@ def run(mode: str, device: torch.device, out: Path) -> Report:
         if not models:  # smoke: the safari run fixture
             models.append(("safari run fixture (d_model 16)", converted["safari_run"]["dir"],
                            converted["safari_run"]["students"]))
-        report.parts.append(_decode_table(models, settings, device))
+        report.parts += _decode_tables(models, settings, device)
         report.parts.append(f"Conversion, distillation and scoring took {time.perf_counter() - start:.0f} s in all.")
     return report

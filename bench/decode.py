@@ -4,21 +4,9 @@
     python -m bench decode --quick --threads 1   # positions up to 4096, fewer repeats
     python -m bench gpu                          # the 125m presets on CUDA (mode "gpu"), batch 1 and 16
 
-For each position P (tokens already in the context) and batch size B it times greedy decoding,
-one ``model(...)`` call per new token with ``logits_to_keep=1`` (so the LM head is part of every
-step), for the ways of decoding the same backbone of ``bench.workloads``:
-
-- ``recurrent``: Hyena-RTF with its recurrent state, fast-forwarded to P by a parallel prefill.
-- ``recompute``: the same weights without state, re-running the parallel forward over the last
-  l_max tokens per token.
-- ``attention``: the attention model of the same preset with rotary positions (learned ones stop at
-  l_max) and transformers' DynamicCache, filled with random keys and values of the right shape.
-- on CUDA also the recurrent step through ``RecurrentDecoder``'s static buffers, eagerly and as one
-  CUDA graph replay per token.
-
-All methods of one (B, P) are timed interleaved (``bench.timing.compare``), so load on a shared
-machine hits them alike. Memory is the decoding state: the recurrent state (constant in P), the
-key-value cache (linear in P) and, for recomputation, the window of l_max token ids it keeps.
+Greedy decoding of the same backbone by each method of :data:`METHODS` (on CUDA also
+:data:`CUDA_METHODS`), timed by :func:`bench.workloads.decoding_table`. Protocol and reading:
+BENCHMARKS.md sections 2 and 6.
 """
 
 from __future__ import annotations
@@ -29,9 +17,8 @@ from typing import Optional
 
 import torch
 
-from .report import Report, Table
-from .timing import compare
-from .workloads import attention_step, decoder_step, preset_model, recompute_step, recurrent_step
+from .report import Report
+from .workloads import attention_step, decoder_step, decoding_table, preset_model, recompute_step, recurrent_step
 
 TITLE = "Decoding: recurrent Hyena-RTF vs recomputation vs attention KV cache"
 
@@ -69,23 +56,10 @@ def run(mode: str, device: torch.device, out: Optional[Path] = None, **overrides
         f"l_max={cfg.max_position_embeddings}, RTF state {cfg.state_size}, vocabulary {cfg.vocab_size} "
         f"(the LM head is part of every step). Median of {settings['repeats']} interleaved steps after one warm-up."
     )
-    table = Table("Per-token decoding latency and decoding-state memory",
-                  ["method", "batch", "position", "ms / token", "IQR ms", "tokens / s", "state MiB"])
-    with torch.inference_mode():
-        for batch in settings["batches"]:
-            for position in settings["positions"]:
-                steps, sizes = {}, {}
-                for name, (model_key, prepare) in methods.items():
-                    steps[name], sizes[name] = prepare(models[model_key], position, batch, device)
-                timings = compare(steps, repeats=settings["repeats"], warmup=1, inner=settings["inner"], device=device)
-                for name, t in timings.items():
-                    table.add(name, batch, position, t.median * 1e3, t.iqr * 1e3, batch / t.median, sizes[name] / 2**20)
-    table.notes.append("Recurrent state memory is the same at every position; the KV cache grows linearly with it.")
-    table.notes.append(
-        "transformers' DynamicCache appends by concatenation, copying the whole cache each step: part of "
-        "the attention cost at long positions is that copy."
-    )
-    table.notes.append("Targets: recurrent faster than attention + KV cache at position 4096, and flat in position "
-                       "(ms at the last position within 1.2x of the first).")
+    table = decoding_table("Per-token decoding latency and decoding-state memory",
+                           {name: (models[key], prepare) for name, (key, prepare) in methods.items()},
+                           settings["batches"], settings["positions"], device, settings["repeats"], inner=settings["inner"])
+    table.notes.append("Targets and reading: BENCHMARKS.md sections 2 and 6 (recurrent faster than attention + KV cache at "
+                       "position 4096, and flat in position: 'vs first position' within 1.2).")
     report.parts.append(table)
     return report

@@ -3,16 +3,10 @@
     python -m bench distill --quick --threads 1   # D=64, 2 layers, 300 steps (the quality quick size)
     python -m bench distill --smoke               # tiny sizes: checks that it runs
 
-1. The teacher is a run of the quality benchmark's kind (``bench.runs.Runner``): ``train.py experiment=wikitext_cpu
-   model=hyena_tiny`` at lr 3e-3, weight decay 0.1, in the quick (or smoke) size, scored by
-   ``evaluate.py`` on all of WikiText-2 test.
-2. ``hyena_rtf.checkpoints.distillation.distill_checkpoint`` (what ``distill.py`` runs) turns it into
-   ``mixer=hyena_rtf`` checkpoints of state size 4, 16 and 64 (no constraint), and 16 with the
-   ``l1_montel`` constraint; each is scored by ``evaluate.py`` like the teacher.
-3. Decoding: the teacher decodes by recomputing a parallel forward over its last l_max tokens per
-   new token (it has no state); the N=64 student decodes recurrently (prefilled state, one step
-   per token). Timed interleaved with the decoding closures of ``bench.workloads`` at positions 1024 and 4096,
-   batch 1 and 8.
+The teacher is a run of the quality benchmark's kind (``bench.runs.Runner``); ``distill_checkpoint``
+(what ``distill.py`` runs) turns it into RTF students, each scored by ``evaluate.py`` like the
+teacher; then the teacher's recompute is timed against the largest student's recurrent steps.
+Protocol and reading: BENCHMARKS.md section 8.
 """
 
 from __future__ import annotations
@@ -28,8 +22,7 @@ from hyena_rtf.checkpoints.distillation import distill_checkpoint
 
 from .report import Report, Table
 from .runs import WIKITEXT_SIZES, Run, Runner, lr_wd
-from .timing import compare
-from .workloads import recompute_step, recurrent_step
+from .workloads import decoding_table, recompute_step, recurrent_step
 
 TITLE = "Distilling implicit Hyena filters into RTFs: perplexity and decoding speed"
 
@@ -98,13 +91,7 @@ def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None)
         f"{' '.join(WIKITEXT_SIZES[settings['train']])}` on wiki.valid.raw; teacher and students scored by evaluate.py on all "
         f"of wiki.test.raw in {seq_len}-token windows, each loaded back from its checkpoint file."
     )
-    ppl.notes.append(
-        "Kernel errors are ||k_student - k_teacher|| / ||k_teacher|| per channel over the full "
-        "l_max taps (mean and max over every channel of every layer); MSE is per tap, averaged "
-        "over layers. Radius: largest pole modulus of any channel (must be < 1). 'recurrent vs parallel': "
-        "max |logit difference| / max |logit| between the student's parallel forward and its prefill + "
-        f"steps on 2 x {length} test tokens (fp32; the recurrence is derived from fp64 taps)."
-    )
+    ppl.notes.append(f"Columns: BENCHMARKS.md section 8 ('recurrent vs parallel' on 2 x {length} test tokens).")
     report.parts.append(ppl)
 
     biggest = students[(max(settings["states"]), "none")]
@@ -118,26 +105,10 @@ def run(mode: str, device: torch.device, out: Path, teacher: Path | None = None)
 def _decode_table(teacher: Path, student: Path, settings: dict, device: torch.device) -> Table:
     t_model, _ = load_for_inference(teacher, device)
     s_model, _ = load_for_inference(student, device)
-    table = Table(
-        "2. Decoding: teacher recompute vs distilled student recurrent (interleaved)",
-        ["method", "batch", "position", "ms / token", "IQR ms", "tokens / s", "speed-up"],
-    )
     torch.manual_seed(0)
-    with torch.inference_mode():
-        for batch in settings["batches"]:
-            for position in settings["positions"]:
-                steps = {
-                    "teacher: recompute (window l_max)": recompute_step(t_model, position, batch, device)[0],
-                    f"student N={s_model.config.state_size}: recurrent": recurrent_step(s_model, position, batch, device)[0],
-                }
-                timings = compare(steps, repeats=settings["repeats"], warmup=1, device=device)
-                base = timings["teacher: recompute (window l_max)"].median
-                for name, t in timings.items():
-                    table.add(name, batch, position, t.median * 1e3, t.iqr * 1e3, batch / t.median, base / t.median)
-    table.notes.append(
-        f"Median of {settings['repeats']} interleaved steps after one warm-up; each step is one model call "
-        "with logits_to_keep=1 (LM head included). The teacher has no state: every token re-runs the "
-        f"parallel forward over the last l_max={t_model.config.max_position_embeddings} tokens, so its "
-        "cost is the same at both positions; the student's state was prefilled in parallel to the position."
-    )
+    methods = {"teacher: recompute (window l_max)": (t_model, recompute_step),
+               f"student N={s_model.config.state_size}: recurrent": (s_model, recurrent_step)}
+    table = decoding_table("2. Decoding: teacher recompute vs distilled student recurrent (interleaved)", methods,
+                           settings["batches"], settings["positions"], device, settings["repeats"])
+    table.notes.append("Protocol and reading: BENCHMARKS.md section 8.")
     return table

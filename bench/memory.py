@@ -1,31 +1,23 @@
 """What the state buys: copying accuracy vs state size, associative recall vs sequence length.
 
-    python -m bench memory --threads 1            # the grid of BENCHMARKS.md: 48 runs, about 55 min of
-                                                  # training on 2 shared cores (load 2-8)
+    python -m bench memory --threads 1            # the grid of BENCHMARKS.md section 9
     python -m bench memory --quick --threads 1    # one seed, fewer state sizes and lengths
 
 Every run is ``python train.py experiment=copying model=<mixer>_tiny model.state_size=N seed=S``
 (or ``experiment=associative_recall ... data.seq_len=L``), composed from ``conf/`` and run by the
-train task in this process (``bench.runs.train_in_process``); the experiments hold the backbone
-(D=64, 4 layers, Hyena order 2, MLP 256), the recipe and the step counts. Its test split is scored
-once after training (``test/acc`` per scored token, ``test/exact`` per sequence). The copying task
-is the RTF paper's Table 2 scaled to a CPU: the answer lies ``mem_len`` steps back, so a filter of
-order N has to span that distance; the state mixers sweep N from well below to well above it,
-implicit Hyena and attention (no state size) are the references. Seeds change the initialisation
-and the generated data; every mixer sees the same data for a given seed.
+train task in this process (``bench.runs.train_in_process``); training time per step is measured
+separately, interleaved over the state sizes. Protocol and reading: BENCHMARKS.md section 9.
 
-Training time per step is measured separately, interleaved over the state sizes
-(``bench.timing.compare``), because wall time per run on a shared machine is not a comparison.
 Finished runs are kept in ``<out>/memory_runs.jsonl`` (``bench.runs.RunFile``), so an interrupted
-grid resumes. On a machine with idle cores the two grids can fill it in parallel first:
+grid resumes. The two grids can fill it in parallel first (``tasks=`` trains one task's grid and
+reports nothing else):
 
-    python -m bench.memory copying --out bench/results & python -m bench.memory recall --out bench/results
+    python -m bench memory tasks=copying --out bench/results & python -m bench memory tasks=recall --out bench/results
     python -m bench memory --threads 1 --out bench/results   # reuses both grids, times the steps, writes the report
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -40,7 +32,7 @@ from hyena_rtf.modeling.filters import STATE_MIXERS
 from hyena_rtf.modeling.mixers import MIXER_CLASSES
 
 from .report import Line, Panel, Report, Table, save_plot
-from .runs import RunFile, build_model, compose_train, run_key, train_in_process
+from .runs import RunFile, as_tuple, build_model, compose_train, run_key, train_in_process
 from .timing import compare
 from .workloads import train_step
 
@@ -115,8 +107,7 @@ def step_times(mode: str, mixers: list[str], device: torch.device) -> Table:
     for mixer, n in configs:
         base = t[(mixer, s["states"][0] if n is not None else None)].median
         table.add(mixer, n, t[(mixer, n)].median * 1e3, t[(mixer, n)].iqr * 1e3, t[(mixer, n)].median / base)
-    table.notes.append(f"Median of {s['timing_repeats']} interleaved steps per config (bench.timing.compare), "
-                       "one forward + backward + AdamW step of the copying backbone on random tokens.")
+    table.notes.append(f"Median of {s['timing_repeats']} interleaved steps (forward + backward + AdamW) per config.")
     return table
 
 
@@ -124,10 +115,15 @@ def _accs(runs: dict, keys: list) -> list[float]:
     return [100 * runs[k]["test/acc"] for k in keys]
 
 
-def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] = None) -> Report:
-    """Train the copying and associative-recall grids of ``mode`` and tabulate them."""
-    s, mixers = SIZES[mode], _mixers(mixers)
+def run(mode: str, device: torch.device, out: Path, mixers=None, tasks=tuple(TASKS)) -> Report:
+    """Train the copying and associative-recall grids of ``mode`` and tabulate them (with one of
+    ``tasks`` only: train that grid, e.g. in parallel with the other, and report nothing else)."""
+    s, mixers, tasks = SIZES[mode], _mixers(mixers and as_tuple(mixers)), as_tuple(tasks)
     runs = RunFile(out / "memory_runs.jsonl")
+    if len(tasks) == 1:
+        report = Report("memory", TITLE)
+        report.parts.append(f"{len(grid(tasks[0], mode, mixers, runs, device))} {tasks[0]} runs in {runs.path}.")
+        return report
     copy, ar = grid("copying", mode, mixers, runs, device), grid("recall", mode, mixers, runs, device)
     timing = step_times(mode, mixers, device)
     c, r = config("copying", mixers[0], None, 0, mode, device), config("recall", mixers[0], s["lengths"][0], 0, mode, device)
@@ -151,10 +147,7 @@ def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] 
             accs = _accs(copy, [(mixer, n, seed) for seed in s["seeds"]])
             ctab.add(mixer, n, rs[0]["params"], statistics.fmean(accs), min(accs), max(accs),
                      statistics.fmean(100 * x["test/exact"] for x in rs), statistics.fmean(x["train_s"] for x in rs))
-    ctab.notes.append(f"Sequences of {2 * c.data.mem_len} tokens: {c.data.mem_len} symbols, then {c.data.mem_len} copy "
-                      f"markers; only the marker positions are scored. Chance: {100 / (c.data.vocab_size - 2):.1f}% per token.")
-    ctab.notes.append("'acc' is per scored token, 'exact' the share of sequences copied without a single error. "
-                      "'train s per run' is wall time on a shared machine (not a speed comparison; see table 2).")
+    ctab.notes.append(f"Chance: {100 / (c.data.vocab_size - 2):.1f}% per token; columns: BENCHMARKS.md section 9.")
     atab = Table(f"3. Associative recall ({r.data.num_pairs} pairs, {r.data.num_queries} queries, vocabulary "
                  f"{r.data.vocab_size}), {r.trainer.max_steps} steps, {len(s['recall_seeds'])} seed(s): test accuracy % "
                  "vs sequence length", ["mixer", "state size"] + [f"L={n}" for n in s["lengths"]]
@@ -164,8 +157,7 @@ def run(mode: str, device: torch.device, out: Path, mixers: Optional[list[str]] 
         atab.add(mixer, s["recall_state"] if mixer in STATE_MIXERS else None, *[statistics.fmean(a) for a in accs],
                  *[f"{min(a):.1f}-{max(a):.1f}" for a in accs])
     values = r.data.vocab_size - 1 - (r.data.vocab_size - 1) // 2
-    atab.notes.append(f"Pairs first, queries last, blanks between: the distance from a pair to its query grows with L. "
-                      f"Chance: {100 / values:.1f}% per query.")
+    atab.notes.append(f"Chance: {100 / values:.1f}% per query.")
     report.parts += [ctab, timing, atab]
     report.plots.append(_plot(s, mixers, copy, ar, timing, 100 / (c.data.vocab_size - 2), 100 / values, out / "memory.png"))
     return report
@@ -198,24 +190,3 @@ def _mixers(mixers: Optional[list[str]]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown mixers {unknown}; choose from {list(MIXERS)}")
     return list(mixers or MIXERS)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Fill the run file with one task's grid (for two grids in parallel); the report comes from
-    ``python -m bench memory``, which reuses the runs."""
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=main.__doc__.splitlines()[0])
-    parser.add_argument("task", choices=tuple(TASKS))
-    parser.add_argument("--mode", choices=tuple(SIZES), default="full")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--mixers", nargs="+", default=None, help=f"default: {list(MIXERS)}")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    grid(args.task, args.mode, _mixers(args.mixers), RunFile(args.out / "memory_runs.jsonl"), torch.device(args.device))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,31 +1,20 @@
 """Perplexity at equal compute on WikiText text, every run through ``train.py`` and ``evaluate.py``.
 
-    python -m bench.quality --studies grid seeds ablation paper --jobs 2 --threads 1   # BENCHMARKS.md section 4
-    python -m bench quality --smoke                                                   # a check that it runs
+    python -m bench quality studies=grid,seeds jobs=2 --threads 1   # BENCHMARKS.md section 4
+    python -m bench quality --smoke                                 # a check that it runs
 
-A run is the command a user would type,
+A run is the command a user would type (``python train.py experiment=wikitext_cpu
+model=<mixer>_tiny seed=<s> <overrides>`` on wiki.valid.raw, then ``python evaluate.py`` on all of
+wiki.test.raw); BENCHMARKS.md section 4 describes the protocol (held-out validation text for every
+choice, the test text scored once per run, paired seeds).
 
-    python train.py experiment=wikitext_cpu model=<mixer>_tiny seed=<s> <overrides> \\
-        data.train_path=wiki.valid.raw data.test_path=wiki.test.raw
-    python evaluate.py ckpt_path=<run>/checkpoints/last.ckpt data=files data.test_path=wiki.test.raw context=256
-
-so the numbers come from the code path users train with (``conf/experiment/wikitext_cpu.yaml``:
-D=128, 4 layers, 1000 steps of 8 x 256 tokens, BPE 4096 trained on the training text). The last
-10% of the training text (whole articles) is held out for validation; choices between recipes are
-made on that validation loss, never on the test text, which is scored once per run, whole, in
-non-overlapping 256-token windows. Runs that differ in one setting are paired: same seed, same
-data order, and (``long_filter.build_filter``) the same initial weights outside the long filters.
-
-Studies (``--studies``; later ones use the choices of earlier ones):
-- ``grid``: every mixer (``--mixers``) at learning rate x weight decay (``--lrs`` x ``--wds``),
-  seed 0, with the preset's filter options; then RTF and S4D at other state sizes (``--states``)
-  at their best cell.
-- ``seeds``: every mixer at its best grid cell (lowest validation loss) for ``--seeds``: the headline.
-- ``ablation``: Hyena-RTF variants (``ABLATION``, or those named by ``--variants``) at RTF's best
+Studies (``studies=``; later ones use the choices of earlier ones):
+- ``grid``: every mixer (``mixers=``) at learning rate x weight decay (``lrs=`` x ``wds=``), seed 0,
+  with the preset's filter options; then RTF and S4D at other state sizes (``states=``) at their
+  best cell.
+- ``seeds``: every mixer at its best grid cell (lowest validation loss) for ``seeds=``: the headline.
+- ``ablation``: Hyena-RTF variants (``ABLATION``, or those named by ``variants=``) at RTF's best
   cell, seed 0, beside the implicit Hyena's best cell.
-- ``paper``: the RTF paper's recipe (lr 1e-3, weight decay 0.25, RTF xavier + l1_montel, state 64)
-  for every mixer and ``--seeds``.
-- ``screen``: the RTF variants at one fixed recipe (lr 3e-3, weight decay 0.1), seed 0.
 
 Finished runs are kept in ``<out>/quality_runs.jsonl`` (``bench.runs``), keyed by the resolved
 model, optimizer and data settings of the composed config, the seed and the starting weights, so an
@@ -34,35 +23,28 @@ interrupted study resumes and a changed setting (or a changed preset default) tr
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import statistics
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from hyena_rtf.modeling.configuration_hyena_rtf import MIXERS
+from hyena_rtf.modeling.filters import STATE_MIXERS
 
-from .report import Line, Panel, Report, Table, header, save_plot
-from .runs import WIKITEXT_SIZES, Run, Runner, lr_wd
+from .report import Line, Panel, Report, Table, save_plot
+from .runs import WIKITEXT_SIZES, Run, Runner, as_tuple, compose_train, lr_wd
 
 TITLE = "Perplexity at equal compute on WikiText-2 text: tuned mixers, paired runs"
 
-STATE_MIXERS = ("hyena_rtf", "hyena_s4d")
-MAIN_STATE = 64  # the experiment's state size (conf/experiment/wikitext_cpu.yaml via the presets)
-SCREEN_RECIPE = {"lr": 3e-3, "wd": 0.1}
-PAPER_RECIPE = {"lr": 1e-3, "wd": 0.25}
-PAPER_RTF = ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel", "model.rtf_h0_init=null", "model.rtf_decay=null")
-STUDIES = ("screen", "grid", "seeds", "ablation", "paper")
+STUDIES = ("grid", "seeds", "ablation")
 
 # Hyena-RTF variants: name -> overrides on top of the preset (which carries the project's default);
 # (key, factor) sets a learning rate to factor x the run's lr.
 VARIANTS: dict[str, tuple] = {
     "preset default": (),
-    "paper: xavier + l1_montel, no decay": PAPER_RTF,
+    "paper: xavier + l1_montel, no decay": ("model.rtf_init=xavier", "model.rtf_constraint=l1_montel",
+                                            "model.rtf_h0_init=null", "model.rtf_decay=null"),
     "impulse: zeros + reflection, no decay": ("model.rtf_init=zeros", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
     "zeros + none, no decay": ("model.rtf_init=zeros", "model.rtf_constraint=none", "model.rtf_decay=null"),
     "xavier + reflection, no decay": ("model.rtf_init=xavier", "model.rtf_constraint=reflection", "model.rtf_decay=null"),
@@ -80,7 +62,6 @@ VARIANTS: dict[str, tuple] = {
     "pole lr x0.1": (("optim.filter_pole_lr", 0.1),),
     "numerator lr x10 (poles at lr)": (("optim.filter_lr", 10.0), ("optim.filter_pole_lr", 1.0)),
 }
-SCREEN_VARIANTS = tuple(VARIANTS)
 DISTILLED = "init from the distilled implicit model (constraint none)"
 IMPLICIT_FROZEN = "implicit hyena, filters frozen (reference)"
 ABLATION = (*VARIANTS, DISTILLED, IMPLICIT_FROZEN)
@@ -131,8 +112,8 @@ def _recipe_name(run: Run) -> str:
 
 
 def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = Protocol()) -> tuple[Report, dict]:
-    """Run ``studies`` (in the order of ``STUDIES``) over ``protocol`` and tabulate them; returns the
-    report and every result."""
+    """Run ``studies`` (in the order of ``STUDIES``; all after the grid) over ``protocol`` and tabulate
+    them; returns the report and every result."""
     mixers, lrs, wds, states_, seeds = protocol.mixers, protocol.lrs, protocol.wds, protocol.states, protocol.seeds
     bad = [s for s in studies if s not in STUDIES]
     if bad or not studies:
@@ -141,32 +122,23 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
     everything: dict[Run, dict] = {}
     headline: Optional[dict[str, list[Run]]] = None
 
-    if "screen" in studies:
-        runs = {name: Run("hyena_rtf", 0, _variant(name, lr_wd(**SCREEN_RECIPE))) for name in SCREEN_VARIANTS}
-        runs["implicit hyena (reference)"] = Run("hyena", 0, lr_wd(**SCREEN_RECIPE))
-        res = runner.results(list(runs.values()))
-        everything.update(res)
-        report.parts.append(variant_table(
-            f"Screen: Hyena-RTF variants at lr {SCREEN_RECIPE['lr']}, weight decay {SCREEN_RECIPE['wd']} (seed 0)", runs, res))
-
     best: dict[str, Run] = {}
-    if any(s in studies for s in ("grid", "seeds", "ablation")):
-        cells = [Run(m, 0, lr_wd(lr, wd)) for m in mixers for lr in lrs for wd in wds]
-        res = runner.results(cells)
-        for m in mixers:
-            best[m] = _best(res, [c for c in cells if c.mixer == m])
-        states = [Run(m, 0, best[m].overrides + (f"model.state_size={n}",)) for m in STATE_MIXERS if m in mixers for n in states_]
-        res.update(runner.results(states))
-        everything.update(res)
-        for m in (m for m in STATE_MIXERS if m in mixers):
-            best[m] = _best(res, [best[m]] + [s for s in states if s.mixer == m])
-        if "grid" in studies:
-            table = Table(f"Grid: learning rate {list(lrs)} x weight decay {list(wds)} per mixer (seed 0; state 64 unless named)",
-                          ["mixer", "recipe", *COLUMNS, "chosen"])
-            for run in cells + states:
-                table.add(run.mixer, _recipe_name(run), *_row(res[run]), best[run.mixer] == run)
-            table.notes.append("chosen: the lowest validation loss of the mixer (held-out 10% of the training text).")
-            report.parts.append(table)
+    cells = [Run(m, 0, lr_wd(lr, wd)) for m in mixers for lr in lrs for wd in wds]
+    res = runner.results(cells)
+    for m in mixers:
+        best[m] = _best(res, [c for c in cells if c.mixer == m])
+    states = [Run(m, 0, best[m].overrides + (f"model.state_size={n}",)) for m in STATE_MIXERS if m in mixers for n in states_]
+    res.update(runner.results(states))
+    everything.update(res)
+    for m in (m for m in STATE_MIXERS if m in mixers):
+        best[m] = _best(res, [best[m]] + [s for s in states if s.mixer == m])
+    if "grid" in studies:
+        table = Table(f"Grid: learning rate {list(lrs)} x weight decay {list(wds)} per mixer (seed 0; state 64 unless named)",
+                      ["mixer", "recipe", *COLUMNS, "chosen"])
+        for run in cells + states:
+            table.add(run.mixer, _recipe_name(run), *_row(res[run]), best[run.mixer] == run)
+        table.notes.append("chosen: the lowest validation loss of the mixer (held-out 10% of the training text).")
+        report.parts.append(table)
 
     if "seeds" in studies:
         runs = headline = {m: [Run(m, s, best[m].overrides) for s in seeds] for m in mixers}
@@ -184,8 +156,9 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
             # Upper reference: start from the best implicit model distilled into RTFs (constraint
             # none), then train on at RTF's recipe.
             teacher = Path(runner.results([best["hyena"]])[best["hyena"]]["run_dir"])
-            student = runner.distill(teacher / "checkpoints" / "last.ckpt", MAIN_STATE)
-            runs[DISTILLED] = Run("hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={MAIN_STATE}",
+            state = compose_train(["experiment=wikitext_cpu", "model=hyena_rtf_tiny"]).model.state_size
+            student = runner.distill(teacher / "checkpoints" / "last.ckpt", state)
+            runs[DISTILLED] = Run("hyena_rtf", 0, base + ("model.rtf_constraint=none", f"model.state_size={state}",
                                                           f"init_from={student}"))
         # How much the implicit model's own filters are worth, beside RTF's.
         runs["implicit hyena at its best cell (reference)"] = best["hyena"]
@@ -196,12 +169,6 @@ def run_studies(runner: Runner, studies: tuple[str, ...], protocol: Protocol = P
         report.parts.append(variant_table(
             f"Ablation: Hyena-RTF variants at its best cell ({_recipe_name(best['hyena_rtf'])}, seed 0)", runs, res))
 
-    if "paper" in studies:
-        runs = {m: [Run(m, s, lr_wd(**PAPER_RECIPE) + (PAPER_RTF if m == "hyena_rtf" else ())) for s in seeds] for m in mixers}
-        res = runner.results([r for rs in runs.values() for r in rs])
-        everything.update(res)
-        report.parts.append(_seed_table(f"The paper's recipe (lr 1e-3, weight decay 0.25; RTF xavier + l1_montel), seeds {list(seeds)}",
-                                        runs, res))
     loads = [r["load"] for r in everything.values()]
     report.parts.append(f"{len(everything)} runs. Load average (1 min) when they started: {min(loads):.2f} to {max(loads):.2f}.")
     report.plots.append(_plot(everything, runner.out / "quality_curves.png", headline))
@@ -259,52 +226,9 @@ def _plot(results: dict[Run, dict], path: Path, headline: Optional[dict[str, lis
     return save_plot(path, [Panel("", "training step", "held-out validation loss (nats/token)", lines)])
 
 
-def run(mode: str, device, out: Path) -> Report:
-    """The registry entry (``python -m bench quality``): every study in ``mode`` with one job."""
-    return run_studies(Runner(out, WIKITEXT_SIZES[mode]), STUDIES)[0]
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run some studies (``--studies``) with ``--jobs`` runs in parallel and write ``<out>/quality.md``."""
-    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--studies", nargs="+", default=list(STUDIES[1:]), choices=STUDIES)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true")
-    size.add_argument("--smoke", action="store_true")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"))
-    default = Protocol()
-    parser.add_argument("--mixers", nargs="+", default=list(default.mixers), choices=MIXERS)
-    parser.add_argument("--lrs", nargs="+", type=float, default=list(default.lrs), help="learning rates of the grid")
-    parser.add_argument("--wds", nargs="+", type=float, default=list(default.wds), help="weight decays of the grid")
-    parser.add_argument("--states", nargs="*", type=int, default=list(default.states),
-                        help="other state sizes tried at RTF's and S4D's best cell (none: leave out)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(default.seeds), help="seeds of the headline")
-    parser.add_argument("--variants", nargs="+", default=[], metavar="NAME",
-                        help=f"ablation variants to run (default: all): {'; '.join(ABLATION)}")
-    args = parser.parse_args(argv)
-    if args.jobs < 1 or args.threads < 1:
-        parser.error("--jobs and --threads must be >= 1")
-    if "ablation" in args.studies and not {"hyena_rtf", "hyena"} <= set(args.mixers):
-        parser.error("--studies ablation needs hyena_rtf and hyena in --mixers")
-    try:
-        protocol = Protocol(tuple(args.lrs), tuple(args.wds), tuple(args.states), tuple(args.seeds), tuple(args.mixers),
-                            tuple(args.variants))
-    except ValueError as err:
-        parser.error(str(err))
-    args.out.mkdir(parents=True, exist_ok=True)
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    runner = Runner(args.out, WIKITEXT_SIZES[mode], args.jobs, args.threads)
-    report, _ = run_studies(runner, tuple(s for s in STUDIES if s in args.studies), protocol)
-    head = header(None, command) + f"\n- mode: {mode}, jobs {args.jobs} x {args.threads} threads, wall time {time.perf_counter() - start:.0f} s"
-    text = report.to_markdown(head)
-    (args.out / "quality.md").write_text(text)
-    print(text, flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(mode: str, device, out: Path, studies=STUDIES, jobs: int = 1, threads: int = 1, **protocol) -> Report:
+    """``studies`` (of ``STUDIES``) over ``Protocol(**protocol)`` (a single value stands for a list of
+    one), trained by ``jobs`` subprocesses of ``threads`` torch threads each."""
+    protocol = Protocol(**{k: as_tuple(v) for k, v in protocol.items()})
+    runner = Runner(out, WIKITEXT_SIZES[mode], jobs, threads)
+    return run_studies(runner, as_tuple(studies), protocol)[0]

@@ -6,7 +6,6 @@ Sections (issue "RTF filter and Hyena operator"):
    formulation of :mod:`bench.baselines`, tokens/s, and profiles of where the time goes.
 3. Recurrent step cost at an early and a late position, and the size of the state.
 4. Prefill of a prompt vs one parallel forward of the same length.
-Plus the FFT-length rule, old vs new, at lengths where they differ.
 """
 
 from __future__ import annotations
@@ -16,14 +15,13 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hyena_rtf.modeling.fftconv import fft_conv, fft_size
+from hyena_rtf.modeling.fftconv import fft_conv
 from hyena_rtf.modeling.hyena import HyenaOperator
 from hyena_rtf.modeling.rtf import RTF
 
 from .baselines import (
     S4DKernel,
     reference_fft_conv,
-    reference_fft_size,
     reference_forward,
     reference_hyena_forward,
     reference_kernel,
@@ -42,21 +40,18 @@ SIZES = {
         layer=dict(B=4, L=1024, D=768, N=64, repeats=10, hyena_repeats=7),
         step=dict(B=1, D=768, N=64, l_max=1024, positions=(100, 10_000), steps=200, repeats=15),
         prefill=dict(B=1, T=2048, D=768, N=64, repeats=10),
-        fft=dict(rows=3072, lengths=(563, 1013, 1024), repeats=20),
     ),
     "quick": dict(
         kernel=dict(D=64, L=1024, states=(4, 16, 64, 256, 512), repeats=10, s4d_repeats=2, s4d_max_gb=1.0),
         layer=dict(B=1, L=1024, D=768, N=64, repeats=5, hyena_repeats=3),
         step=dict(B=1, D=768, N=64, l_max=1024, positions=(100, 10_000), steps=50, repeats=5),
         prefill=dict(B=1, T=2048, D=768, N=64, repeats=5),
-        fft=dict(rows=768, lengths=(563, 1013, 1024), repeats=10),
     ),
     "smoke": dict(
         kernel=dict(D=8, L=64, states=(4, 16), repeats=2, s4d_repeats=2, s4d_max_gb=0.1),
         layer=dict(B=1, L=32, D=16, N=4, repeats=2, hyena_repeats=2),
         step=dict(B=1, D=16, N=4, l_max=32, positions=(10, 100), steps=5, repeats=2),
         prefill=dict(B=1, T=64, D=16, N=4, repeats=2),
-        fft=dict(rows=16, lengths=(35, 64), repeats=2),
     ),
 }
 
@@ -71,21 +66,18 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
     D, L = cfg["D"], cfg["L"]
     table = Table(
         f"1. Kernel generation forward+backward vs state size (D={D}, L={L})",
-        ["N", "RTF ms", "RTF IQR ms", "RTF peak MB", "RTF reference ms", "RTF reflection ms", "S4D ms", "S4D peak MB",
-         "S4D / RTF"],
+        ["N", "RTF ms", "RTF IQR ms", "RTF peak MB", "RTF reference ms", "S4D ms", "S4D peak MB", "S4D / RTF"],
     )
     grad = torch.randn(D, L, device=device)
     # All state sizes are timed in one interleaved loop: the flatness claim is a ratio between them.
-    # "RTF": coefficients used as they are (l1_montel), the state-free path; "RTF reflection": the
-    # default parametrisation, which adds the O(N^2) step-up recursion on the parameters.
+    # Coefficients used as they are (l1_montel): the state-free path (the default reflection
+    # constraint adds an O(N^2) step-up recursion on the parameters).
     runs = {}
     for N in cfg["states"]:
         f = RTF(D, N, L, constraint="l1_montel", decay=None, device=device)
         params = list(f.parameters())
         runs[N] = grad_step(lambda f=f: f.kernel(L), params, grad)
         runs[("ref", N)] = grad_step(lambda f=f: reference_kernel(f, L), params, grad)
-        g = RTF(D, N, L, device=device)
-        runs[("reflection", N)] = grad_step(lambda g=g: g.kernel(L), list(g.parameters()), grad)
     t = compare(runs, repeats=cfg["repeats"], device=device)
     for N in cfg["states"]:
         s4d = S4DKernel(D, N).to(device)
@@ -97,7 +89,7 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
         ratio = s4d_time / t[N].median if s4d_time else None
         table.add(
             N, t[N].median * MS, t[N].iqr * MS, peak_memory(runs[N], device) * MB, t[("ref", N)].median * MS,
-            t[("reflection", N)].median * MS, s4d_time * MS if s4d_time else None, s4d_mem, ratio,
+            s4d_time * MS if s4d_time else None, s4d_mem, ratio,
         )
         del s4d
     times = dict(zip(table.column("N"), table.column("RTF ms")))
@@ -114,13 +106,7 @@ def kernel_vs_state_size(cfg: dict, device: torch.device, report: Report, out: P
     )
     if ratios.get(256):
         table.notes.append(f"Issue target, RTF vs S4D at N=256: {ratios[256]:.0f}x faster (target >= 50x).")
-    table.notes.append("RTF reference: the same kernel through autograd of rfft / complex division / irfft.")
-    refl = dict(zip(table.column("N"), table.column("RTF reflection ms")))
-    table.notes.append(
-        f"RTF reflection (the default constraint): the step-up recursion on the parameters is O(N^2) work in N "
-        f"sequential steps, so it is not state-free: {refl[hi] / refl[lo]:.1f}x from N={lo} to N={hi} "
-        f"({refl[lo] / times[lo]:.2f}x the l1_montel kernel at N={lo})."
-    )
+    table.notes.append("Columns: BENCHMARKS.md section 1.1.")
     report.parts.append(table)
     report.plots.append(_plot_kernel(table, out / "rtf_kernel.png"))
 
@@ -164,8 +150,7 @@ def layer_speed(cfg: dict, device: torch.device, report: Report) -> None:
             t["ref"].median / t["opt"].median, peak_memory(ref, device) * MB, peak_memory(opt, device) * MB,
             tokens / t["opt"].median if tokens else None,
         )
-    table.notes.append("Reference and optimized variants run interleaved in one process; speedup = ratio of medians.")
-    table.notes.append("Hyena operator: order 2, RTF long filter, Linear output projection; fwd+bwd includes parameter gradients.")
+    table.notes.append("Reference and optimized variants interleaved; cases: BENCHMARKS.md section 1.2.")
     report.parts.append(table)
     for title, fn in (("optimized", cases["RTF layer fwd+bwd"][0]), ("reference", cases["RTF layer fwd+bwd"][1])):
         report.parts.append(_profile_table(f"2b. Profile of the RTF layer fwd+bwd, {title} (top ops by self time)", fn, device))
@@ -230,10 +215,6 @@ def recurrent_step(cfg: dict, device: torch.device, report: Report) -> None:
         f"Step time at position {cfg['positions'][-1]} vs {cfg['positions'][0]}: RTF {rtf_us[-1] / rtf_us[0]:.2f}x "
         f"(target <= 1.2x), Hyena operator {op_us[-1] / op_us[0]:.2f}x."
     )
-    table.notes.append(
-        f"RTF state: B*D*N = {B * D * N} floats per long convolution at every position. Hyena state: "
-        "the short-conv window (B, 3D, 2) plus one RTF state."
-    )
     report.parts.append(table)
 
 
@@ -257,21 +238,6 @@ def prefill_vs_forward(cfg: dict, device: torch.device, report: Report) -> None:
     report.parts.append(table)
 
 
-def fft_length_rule(cfg: dict, device: torch.device, report: Report) -> None:
-    rows = cfg["rows"]
-    table = Table(
-        f"5. FFT length for a causal convolution of length L ({rows} rows, rfft + irfft)",
-        ["L", "old n (5-smooth)", "new n (5-smooth, multiple of 16)", "old ms", "new ms", "speedup"],
-    )
-    for L in cfg["lengths"]:
-        x = torch.randn(rows, L, device=device)
-        n_old, n_new = reference_fft_size(2 * L - 1), fft_size(2 * L - 1)
-        pair = lambda n: lambda: torch.fft.irfft(torch.fft.rfft(x, n=n), n=n)  # noqa: E731
-        t = compare({"old": pair(n_old), "new": pair(n_new)}, repeats=cfg["repeats"], device=device)
-        table.add(L, n_old, n_new, t["old"].median * MS, t["new"].median * MS, t["old"].median / t["new"].median)
-    report.parts.append(table)
-
-
 def run(mode: str, device: torch.device, out: Path) -> Report:
     """Run every section at the sizes of ``mode`` ("full", "quick" or "smoke")."""
     if mode not in SIZES:
@@ -283,5 +249,4 @@ def run(mode: str, device: torch.device, out: Path) -> Report:
     layer_speed(sizes["layer"], device, report)
     recurrent_step(sizes["step"], device, report)
     prefill_vs_forward(sizes["prefill"], device, report)
-    fft_length_rule(sizes["fft"], device, report)
     return report

@@ -1,14 +1,10 @@
 """Training runs of the benchmarks, through the project's own entry points, kept in a run file.
 
-A benchmark run is a Hydra-composed ``conf/train.yaml`` config (an experiment plus overrides) run by
-the task ``train.py`` runs: in a subprocess of ``train.py`` / ``evaluate.py`` / ``distill.py``
-(:class:`Runner`, several at a time: the WikiText runs of ``quality`` and ``distill``), or in this
-process through ``hyena_rtf.tasks.train_task.train`` (:func:`train_in_process`: the short synthetic-task
-runs of ``memory``, where a new interpreter per run would cost more than the run).
-
-A grid of runs on a shared CPU takes an hour or more and may be stopped at any point: each finished
-run is appended to a JSON-lines :class:`RunFile` under a key naming every setting that changes its
-result, and a restart returns the stored result instead of training again.
+A run is a Hydra-composed ``conf/train.yaml`` config run by ``train.py``'s task: in subprocesses of
+``train.py`` / ``evaluate.py`` / ``distill.py`` (:class:`Runner`, several at a time: ``quality``,
+``distill``), or in this process (:func:`train_in_process`: the short synthetic-task runs of
+``memory``). Each finished run is appended to a JSON-lines :class:`RunFile` under a key naming every
+setting that changes its result, so a stopped grid resumes where it was.
 """
 
 from __future__ import annotations
@@ -126,6 +122,11 @@ def find_shared() -> Path:
         f"no {WIKITEXT}/wiki.valid.raw and wiki.test.raw under {[str(c) for c in candidates]}; "
         "set HYENA_RTF_SHARED to the folder that holds data/wikitext-2-raw"
     )
+
+
+def as_tuple(value) -> tuple:
+    """A ``key=value`` option of ``python -m bench`` as a tuple (one value stands for a list of one)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def lr_wd(lr: float, wd: float) -> tuple[str, ...]:

@@ -1,19 +1,9 @@
 """Layer speed, RTF vs S4D, over sequence length and state size (the RTF paper's Fig. 3 protocol).
 
-One long-filter layer (kernel generation + FFT convolution of a batch-1 input) forward and backward
-(gradients w.r.t. the input and every filter parameter), for the RTF filter and for the S4D filter
-of :mod:`hyena_rtf.modeling.s4d` (its blocked Vandermonde kernel, O(D N L) time and
-O(D N sqrt(L)) memory), at every (L, N) of the grid. Both use the same FFT convolution, so the
-difference is the kernel: RTF's costs O(D L log L) whatever N is, S4D's grows with N.
-
-Where its powers fit a memory budget, the minimal S4D formulation that materialises the
-(D, N/2, L) Vandermonde matrix (:class:`bench.baselines.S4DKernel`, plus the same FFT convolution)
-is timed too, to show where that formulation stops.
-
-All variants of one L run interleaved in one loop (every N, RTF and S4D alternating), so the ratio
-S4D / RTF of each cell is measured side by side. The paper reports "on average 35% faster than S4"
-(RTF vs S4/S4D with PyKeops kernels on a GPU, LRA lengths 1024..16384, log2 N = 2..11); its
-per-point numbers are not published, so the comparison is with that average only.
+One long-filter layer (kernel generation + the shared FFT convolution of a batch-1 input) forward
+and backward, for the RTF filter, the S4D filter of :mod:`hyena_rtf.modeling.s4d`, and, where it
+fits a memory budget, the materialised S4D kernel of :class:`bench.baselines.S4DKernel`, at every
+(L, N) of the grid, all of one L interleaved. Protocol and reading: BENCHMARKS.md section 7.
 """
 
 from __future__ import annotations
@@ -100,28 +90,17 @@ def layer_grid(cfg: dict, device: torch.device, report: Report) -> Table:
         del runs
     ratios = [r for r in table.column("S4D / RTF") if r is not None]
     no_rtf = [(L, N) for L, N, r in zip(table.column("L"), table.column("N"), table.column("S4D / RTF")) if r is None]
-    geo = statistics.geometric_mean(ratios)
-    mean = statistics.fmean(ratios)
-    faster = sum(r > 1 for r in ratios)
     table.notes.append(
-        f"S4D / RTF = S4D layer time over RTF layer time (> 1: RTF faster). Mean over the {len(ratios)} cells "
-        f"{mean:.2f}x (geometric mean {geo:.2f}x); RTF faster in {faster} of {len(ratios)} cells. Paper: on "
-        f"average {PAPER_MEAN_SPEEDUP:.2f}x ('35% faster than S4', GPU, PyKeops S4/S4D kernels, RTF without fused FFTConv)."
+        f"S4D / RTF: mean over the {len(ratios)} cells {statistics.fmean(ratios):.2f}x (geometric mean "
+        f"{statistics.geometric_mean(ratios):.2f}x); RTF faster in {sum(r > 1 for r in ratios)} of {len(ratios)} cells. "
+        f"Paper: on average {PAPER_MEAN_SPEEDUP:.2f}x (BENCHMARKS.md section 7)."
     )
     skipped = [(L, N) for L, N, m in zip(table.column("L"), table.column("N"), table.column("S4D materialised ms")) if m is None]
-    table.notes.append(
-        "S4D (this package) ran at every cell: its blocked Vandermonde product never holds a (D, N/2, L) tensor. "
-        + (f"The materialised formulation was not run at (L, N) in {skipped}: forward + backward would hold "
-           f"about {cfg['materialised_max_gb']} GB or more of (D, N/2, L) complex powers." if skipped
-           else "The materialised formulation fit the memory budget at every cell.")
-    )
+    if skipped:
+        table.notes.append(f"The materialised formulation was not run at (L, N) in {skipped} (over "
+                           f"{cfg['materialised_max_gb']} GB of (D, N/2, L) complex powers).")
     if no_rtf:
-        table.notes.append(f"No RTF at (L, N) in {no_rtf}: RTF needs N < L (its spectrum is sampled at L points); "
-                           "those cells are left out of the means.")
-    table.notes.append(
-        "Layer = kernel generation + causal FFT convolution (shared code), backward w.r.t. input and all "
-        "filter parameters. Every N and both filters of one L run interleaved in one loop."
-    )
+        table.notes.append(f"No RTF at (L, N) in {no_rtf}: RTF needs N < L; those cells are left out of the means.")
     report.parts.append(table)
     report.parts.append(_summary(table))
     return table

@@ -1,19 +1,14 @@
 """Timing and peak-memory measurement shared by every benchmark.
 
 Times are wall-clock medians over repeats after warm-up, with the inter-quartile range as the
-spread. On CUDA every measured call is bracketed by ``torch.cuda.synchronize``. Variants that a
+spread (on CUDA every measured call is bracketed by ``torch.cuda.synchronize``). Variants that a
 table compares are timed *interleaved* (A, B, C, A, B, C, ...), so that slow drifts of a shared
-machine (frequency, other tenants) hit all of them alike and their ratio stays meaningful.
+machine hit all of them alike and their ratio stays meaningful.
 
-Peak memory is the largest amount of memory the call allocates on top of what was allocated
-before it:
-- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
-- CPU: torch has no allocator statistics for host memory, and ``tracemalloc`` does not see tensor
-  storage. We record the profiler's allocation events (``profile_memory=True``: one event per
-  allocation and per free of the torch CPU allocator, with its size) and take the maximum of
-  their running sum in time order. :func:`check_cpu_peak_memory` verifies this on a known
-  allocation pattern. It counts tensor memory only, not the Python heap, MKL's internal buffers
-  or pages the C allocator keeps after a free.
+Peak memory is the largest amount of memory a call allocates on top of what was allocated before
+it: on CUDA from the allocator's statistics; on CPU, where torch keeps none, the maximum running
+sum of the profiler's allocation events (``profile_memory=True``), which counts tensor memory only
+(``tests/test_bench.py`` checks it on a known pattern and against the resident set).
 """
 
 from __future__ import annotations
@@ -21,13 +16,13 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable
 
 import torch
 from torch._C._autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["Timing", "compare", "grad_step", "first_call", "is_oom", "peak_memory", "check_cpu_peak_memory", "synchronize"]
+__all__ = ["Timing", "compare", "grad_step", "first_call", "is_oom", "peak_memory", "synchronize"]
 
 
 @dataclass(frozen=True)
@@ -144,24 +139,3 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     return _cpu_peak_from_profiler(prof)
-
-
-def check_cpu_peak_memory() -> Optional[str]:
-    """Verify the CPU method on a known pattern; return None if it is right, else a message.
-
-    Allocates 40 MB and 20 MB, frees the 40 MB, allocates 10 MB: the peak is exactly 60 MB
-    (fp32 tensors of 10M, 5M and 2.5M elements), whatever was allocated before.
-    """
-    keep = torch.empty(3_000_000)  # allocated before the call: must not count
-
-    def pattern():
-        a = torch.empty(10_000_000)
-        b = torch.empty(5_000_000)
-        del a
-        c = torch.empty(2_500_000)
-        return b, c
-
-    got = peak_memory(pattern, "cpu")
-    del keep
-    expected = 60_000_000
-    return None if got == expected else f"CPU peak memory measured {got} bytes, expected {expected}"

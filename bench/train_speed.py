@@ -4,21 +4,10 @@
     python -m bench train_speed --threads 1           # small preset, L = 1024..16384: about 6 min
     python -m bench gpu                               # the 125m presets on CUDA (mode "gpu")
 
-One training step (``bench.workloads.train_step``) is forward, cross-entropy, backward and an AdamW
-step on sequences of length L with ``max_position_embeddings = L``. The three models are built from
-the same preset (``<mixer>-<size>``) and differ only in the mixer; all three are timed interleaved
-at each L (``bench.timing.compare``). Peak memory is measured around one step after the warm-up
-has created the optimizer state (activations, gradients and temporaries).
-
-CPU modes: batch 1, dropout off in all three (on CPU the fused attention kernel, linear in L, is
-only taken without dropout) and a 4096-token vocabulary (with GPT-2's 50257 the embedding, LM head
-and logits take most of a step at these widths, and the mixers come out within a few percent).
-Mode "gpu": the 125m presets as they are (GPT-2 vocabulary, dropout 0.25), a fixed 32,768 tokens
-per step (batch = tokens / L), bf16 autocast, fused AdamW, MFU from the analytic FLOP count and the
-floors of :func:`step_floor`, and ``torch.compile`` timed beside eager at the lengths named.
-
-A mixer whose first step fails for lack of memory, or takes longer than the mode's time cap, is
-recorded as such in the table and left out of the timing loop at that length.
+One training step (``bench.workloads.train_step``) of each mixer's preset model with
+``max_position_embeddings = L``, the three interleaved at each L; on CUDA also MFU, the analytic
+floors of :func:`step_floor` and ``torch.compile`` beside eager. A mixer whose first step runs out
+of memory or over the mode's time cap is recorded as such. Protocol: BENCHMARKS.md sections 3 and 6.
 """
 
 from __future__ import annotations
@@ -141,10 +130,7 @@ def throughput(cfg: dict, device: torch.device, report: Report, out: Path) -> No
                       peak_memory(steps[name], device) * MB, params, status[name],
                       *([100 * floors[0] / t[name].median, floors[0] * 1e3, floors[1] * 1e3] if extra else []))
         del steps, models
-    table.notes.append(
-        "params differ only through position-dependent weights: attention's learned position table "
-        "(L x D) and the implicit filter's positional encoding grow with L; RTF has none."
-    )
+    table.notes.append("Setup and reading: BENCHMARKS.md sections 3 and 6.")
     report.parts += [table, _ratios(table)]
     lines = [Line(m, [r[0] for r in table.rows if r[1] == m], [r[4] for r in table.rows if r[1] == m]) for m in MIXERS]
     report.plots.append(save_plot(out / "train_speed.png", [Panel(
@@ -172,7 +158,6 @@ def _ratios(table: Table) -> Table:
         f"of {lengths}."
     )
     ratios.notes.append("Ratios of medians from one interleaved loop per L; > 1 means hyena_rtf trains faster.")
-    ratios.notes.append("Vocabulary and dropout as in the module docstring, the same for all three mixers.")
     return ratios
 
 

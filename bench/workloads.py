@@ -2,13 +2,14 @@
 
 Each function returns a closure that does one unit of work, so that ``bench.timing.compare`` can
 interleave the variants a table compares. Every benchmark that times the same thing uses the same
-closure here (decoding speed in ``decode``, ``distill`` and ``convert``; the training step in
-``train_speed`` and ``memory``), so their numbers measure the same work.
+closure here (decoding speed in ``decode``, ``distill`` and ``convert``, all through
+:func:`decoding_table`; the training step in ``train_speed`` and ``memory``), so their numbers
+measure the same work.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,11 @@ from hyena_rtf.modeling.graph_decode import RecurrentDecoder
 from hyena_rtf.modeling.modeling_hyena_rtf import HyenaRTFForCausalLM
 from hyena_rtf.modeling.presets import preset_config
 
-__all__ = ["preset_model", "train_step", "recurrent_step", "recompute_step", "attention_step", "decoder_step"]
+from .report import Table
+from .timing import compare
+
+__all__ = ["preset_model", "train_step", "recurrent_step", "recompute_step", "attention_step", "decoder_step",
+           "decoding_table"]
 
 Step = Callable[[], object]
 
@@ -115,3 +120,29 @@ def decoder_step(model, position: int, batch: int, device, use_graph: bool) -> t
         tok[0] = decoder.step(tok[0]).argmax(-1, keepdim=True)  # (B, 1)
 
     return step, cache.memory_bytes()
+
+
+def decoding_table(title: str, methods: dict[str, tuple[torch.nn.Module, Callable]], batches: Sequence[int],
+                   positions: Sequence[int], device, repeats: int, warmup: int = 1, inner: int = 1,
+                   together: bool = False) -> Table:
+    """Greedy decoding by every method (name -> (model, one of the ``*_step`` functions above)) at
+    every batch size and position: ms per token, tokens/s, the decoding state's MiB, the first
+    method's time over this one's at the same batch and position, and this method's time over its
+    own at the first position. The methods of one (batch, position) are timed interleaved; with
+    ``together``, all (method, position) pairs of a batch size in one loop."""
+    table = Table(title, ["method", "batch", "position", "ms / token", "IQR ms", "tokens / s", "state MiB",
+                          "speed-up vs first method", "vs first position"])
+    first = next(iter(methods))
+    with torch.inference_mode():
+        for batch in batches:
+            timings, sizes = {}, {}
+            for group in [positions] if together else [[p] for p in positions]:
+                steps = {}
+                for position in group:
+                    for name, (model, prepare) in methods.items():
+                        steps[(name, position)], sizes[(name, position)] = prepare(model, position, batch, device)
+                timings.update(compare(steps, repeats=repeats, warmup=warmup, inner=inner, device=device))
+            for (name, position), t in timings.items():
+                table.add(name, batch, position, t.median * 1e3, t.iqr * 1e3, batch / t.median, sizes[(name, position)] / 2**20,
+                          timings[(first, position)].median / t.median, t.median / timings[(name, positions[0])].median)
+    return table

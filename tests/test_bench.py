@@ -17,7 +17,7 @@ from bench import baselines
 from bench.__main__ import main
 from bench.rtf import run
 from bench.report import Table
-from bench.timing import Timing, check_cpu_peak_memory, compare, peak_memory
+from bench.timing import Timing, compare, peak_memory
 from hyena_rtf.modeling.fftconv import fft_conv
 from hyena_rtf.modeling.hyena import HyenaOperator
 from hyena_rtf.modeling.rtf import RTF
@@ -33,11 +33,11 @@ def test_rtf_bench_smoke_mode_tables(tmp_path):
     torch.manual_seed(0)
     report = run("smoke", torch.device("cpu"), tmp_path)
     titles = [p.title for p in report.parts if isinstance(p, Table)]
-    assert len(titles) == 7, titles
+    assert len(titles) == 6, titles
 
     kernel = report.parts[0]
     assert kernel.column("N") == [4, 16]
-    for col in ("RTF ms", "RTF peak MB", "RTF reference ms", "RTF reflection ms", "S4D ms", "S4D / RTF"):
+    for col in ("RTF ms", "RTF peak MB", "RTF reference ms", "S4D ms", "S4D / RTF"):
         vals = numbers(kernel, col)
         assert len(vals) == 2 and all(math.isfinite(v) and v > 0 for v in vals), (col, vals)
 
@@ -113,7 +113,19 @@ def test_s4d_kernel_matches_the_recurrence():
 
 
 def test_cpu_peak_memory_is_exact_on_a_known_pattern():
-    assert check_cpu_peak_memory() is None
+    """Allocates 40 MB and 20 MB, frees the 40 MB, allocates 10 MB: the peak is exactly 60 MB
+    (fp32 tensors of 10M, 5M and 2.5M elements), whatever was allocated before."""
+    keep = torch.empty(3_000_000)  # allocated before the call: must not count
+
+    def pattern():
+        a = torch.empty(10_000_000)
+        b = torch.empty(5_000_000)
+        del a
+        c = torch.empty(2_500_000)
+        return b, c
+
+    assert peak_memory(pattern, "cpu") == 60_000_000
+    del keep
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -216,35 +228,49 @@ def _fake_wikitext(root):
 
 
 @pytest.mark.slow
-def test_quality_screen_runs_train_and_evaluate_and_resumes(tmp_path, monkeypatch):
-    """The screen study through the real CLIs (smoke sizes): one run per variant plus the implicit
-    reference, numbers read back from each run's own metrics and evaluate.py's JSON; a second call
-    trains nothing."""
+def test_quality_runs_train_and_evaluate_and_resume(tmp_path, monkeypatch):
+    """An ablation through ``python -m bench quality`` and the real CLIs (smoke sizes, key=value
+    options): the grid cell of each mixer, then the frozen variant beside the preset's (the grid
+    run again) and the implicit reference; numbers read back from each run's own metrics and
+    evaluate.py's JSON; a second call trains nothing."""
     from bench import quality
     from bench.runs import WIKITEXT_SIZES, Runner
 
     monkeypatch.setenv("HYENA_RTF_SHARED", str(_fake_wikitext(tmp_path / "shared")))
-    monkeypatch.setattr(quality, "SCREEN_VARIANTS", ("paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)"))
     out = tmp_path / "out"
-    runner = Runner(out, WIKITEXT_SIZES["smoke"], jobs=2, threads=1)
-    report, results = quality.run_studies(runner, ("screen",))
-    table = report.parts[0]
-    assert table.column("variant") == ["paper: xavier + l1_montel, no decay", "filters frozen (filter lr 0)", "implicit hyena (reference)"]
-    for run, r in results.items():
+    assert main(["quality", "--smoke", "--out", str(out), "studies=ablation", "mixers=hyena_rtf,hyena", "lrs=3e-3",
+                 "wds=0.1", "states=", "variants=preset default,filters frozen (filter lr 0)", "jobs=2"]) == 0
+    table = json.loads((out / "quality.json").read_text())["tables"][0]
+    columns = {h: [r[i] for r in table["rows"]] for i, h in enumerate(table["headers"])}
+    assert columns["variant"] == ["preset default", "filters frozen (filter lr 0)", "implicit hyena at its best cell (reference)"]
+    results = [json.loads(line)["result"] for line in (out / "quality_runs.jsonl").read_text().splitlines()]
+    assert len(results) == 3  # the preset default is the grid cell: not trained twice
+    for r in results:
         assert Path(r["run_dir"], "checkpoints", "last.ckpt").is_file()
         evaluated = json.loads(Path(r["run_dir"], "eval_test.json").read_text())
         assert r["test_ppl"] == evaluated["token_ppl"] and evaluated["context"] == 32
         assert [s for s, _ in r["val_curve"]] == [2, 4]
-        assert math.exp(r["val_loss"]) == pytest.approx(table.column("val ppl")[list(results).index(run)])
+        assert math.exp(r["val_loss"]) in [pytest.approx(v) for v in columns["val ppl"]]
     # Frozen filters do not move; trained ones do.
-    shifts = table.column("kernel shift")
+    shifts = columns["kernel shift"]
     assert shifts[1] == 0.0 and shifts[0] > 0 and shifts[2] > 0
-    assert table.column("max pole radius")[2] is None  # the implicit filter has no poles
-    lines = (out / "quality_runs.jsonl").read_text().splitlines()
-    assert len(lines) == 3
-    again, _ = quality.run_studies(Runner(out, WIKITEXT_SIZES["smoke"]), ("screen",))
+    assert columns["max pole radius"][2] is None  # the implicit filter has no poles
+    protocol = quality.Protocol(lrs=(3e-3,), wds=(0.1,), states=(), mixers=("hyena_rtf", "hyena"),
+                                variants=("preset default", "filters frozen (filter lr 0)"))
+    again, _ = quality.run_studies(Runner(out, WIKITEXT_SIZES["smoke"]), ("ablation",), protocol)
     assert len((out / "quality_runs.jsonl").read_text().splitlines()) == 3
-    assert again.parts[0].rows == table.rows
+    assert again.parts[0].rows == table["rows"]
+
+
+def test_options_of_one_benchmark():
+    from bench.__main__ import parse_options
+
+    assert parse_options(["lrs=1.5e-3,3e-3", "states=", "seeds=0", "mixers=hyena_rtf,hyena", "variants=h0 = 1"]) == dict(
+        lrs=[1.5e-3, 3e-3], states=[], seeds=0, mixers=["hyena_rtf", "hyena"], variants="h0 = 1")
+    assert parse_options(["variants=h0 = 1,implicit hyena, filters frozen (reference)"])["variants"] == [
+        "h0 = 1", "implicit hyena, filters frozen (reference)"]
+    with pytest.raises(SystemExit):
+        main(["rtf", "decode", "--smoke", "repeats=1"])  # options of one benchmark only
 
 
 def test_quality_variants_scale_with_the_recipe_lr():

@@ -75,7 +75,7 @@ def reference_prefill(f: RTF, u: Tensor) -> tuple[Tensor, Tensor]:
     B, T, D = u.shape
     N = f.state_size
     state = f.initial_state(B, device=u.device)
-    rec = f._recurrence(state.dtype)
+    rec = f.companion_form(state.dtype)
     x_rev = state.flip(-1)  # (B, D, N)
     e = -polymul(rec["a"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)
     g = polymul(rec["c"], x_rev, 2 * N - 1)[..., N - 1 :]  # (B, D, N)

@@ -32,7 +32,7 @@ class RTFRecurrence:
     Kept apart from the parametrisation because it needs only the filter's exact taps: it reads
     from the host ``d_model``, ``state_size``, ``l_max``, ``num_a``, ``bidirectional``, the
     parameters (``a_raw``, ``b``, ``h0``, ``montel_scale``: their versions key the cache), the
-    cache dict ``_rec_cache`` (assigning ``{}`` invalidates it), and the parallel-mode methods
+    cache dict ``_rec_cache`` (:meth:`reset_recurrence` empties it), and the parallel-mode methods
     ``_kernel_all(L, dtype)`` and ``denominator(dtype)``.
     """
 
@@ -42,8 +42,10 @@ class RTFRecurrence:
         behind autograd's version counters)."""
         self._rec_cache = {}
 
-    def _recurrence(self, dtype: torch.dtype) -> dict:
-        """Companion-form system (a, c, d, g) whose first l_max taps equal ``kernel()``, cached.
+    def companion_form(self, dtype: torch.dtype) -> dict:
+        """The companion-form system (a, c, d, g) that step and prefill run, whose first l_max taps
+        equal ``kernel()``; cached until the coefficients change (public for reference
+        implementations that rebuild the recurrence independently).
 
         a (D, N): denominators per channel; c (D, N): numerator of the strictly proper part;
         d (D,): feed-through; g (D, l_max): impulse response of 1/A(z) (for prefill states).
@@ -88,7 +90,7 @@ class RTFRecurrence:
                 f"state must have shape (B, d_model, state_size)="
                 f"{(u_t.shape[0], self.d_model, self.state_size)}, got {tuple(state.shape)}"
             )
-        rec = self._recurrence(state.dtype)
+        rec = self.companion_form(state.dtype)
         u = u_t.to(state.dtype)
         y = (state * rec["c"]).sum(-1) + rec["d"] * u  # (B, D)
         w = u - (state * rec["a"]).sum(-1)  # (B, D)
@@ -128,7 +130,7 @@ class RTFRecurrence:
         An fp32 spectral division with poles near the circle loses ~1e-4 of the kernel, enough to
         spoil a prefill against the exact system; fp64 taps rounded to fp32 do not.
         """
-        rec = self._recurrence(dtype)  # refreshes the parameter-version key
+        rec = self.companion_form(dtype)  # refreshes the parameter-version key
         cache = self._rec_cache.setdefault("prefill", {})
         if dtype not in cache:
             with torch.no_grad():
@@ -153,7 +155,7 @@ class RTFRecurrence:
                 # The history acts on the future only through w_{-1..-N}: as an extra input
                 # e_t = -sum_{k>t} a_k w_{t-k} (t < N) plus a direct output term
                 # f_t = sum_{k>t} c_k w_{t-k}. Both cancel large terms, so this part is in x.dtype.
-                rec = self._recurrence(x.dtype)
+                rec = self.companion_form(x.dtype)
                 kx, gx = self._prefill_taps(x.dtype)
                 x_rev = x.flip(-1)  # (B, D, N); x[..., j] = w_{-1-j}
                 e = -polymul(rec["a"], x_rev, 2 * N - 1)[..., N - 1 : N - 1 + m]  # (B, D, m)
@@ -173,7 +175,7 @@ class RTFRecurrence:
         ``scipy.signal.lfilter(num[i], den[i], x)`` reproduces channel i of ``step`` exactly and
         channel i of ``forward`` for the first l_max outputs.
         """
-        rec = self._recurrence(torch.float64)
+        rec = self.companion_form(torch.float64)
         den = F.pad(rec["a"], (1, 0), value=1.0)  # (D, N+1)
         num = torch.cat([rec["d"].unsqueeze(-1), rec["c"]], -1) + rec["d"].unsqueeze(-1) * F.pad(rec["a"], (1, 0))
         return num.clone(), den.clone()

@@ -80,39 +80,40 @@ def score_recall(model, data, split: str, batch_size: int, device, progress: boo
                         exact=exact / max(seqs, 1))
 
 
-class RecallAccuracy(Metric):
+class _RecallRatio(Metric):
+    """A ratio of two counts summed over batches (and devices) of greedy recall."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("hits", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def counts(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hits, total) of one batch."""
+        raise NotImplementedError
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:  # (B, L, V), (B, L)
+        hits, total = self.counts(logits, targets)
+        self.hits += hits.double()
+        self.total += total.double()
+
+    def compute(self) -> torch.Tensor:
+        return self.hits / self.total.clamp_min(1)
+
+
+class RecallAccuracy(_RecallRatio):
     """Share of scored positions (target != -100) whose argmax prediction is the target."""
 
-    full_state_update = False
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("correct", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("scored", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:  # (B, L, V), (B, L)
+    def counts(self, logits, targets):
         correct, _, _ = recall_counts(logits, targets)
-        self.correct += correct.double()
-        self.scored += (targets != IGNORE).sum().double()
-
-    def compute(self) -> torch.Tensor:
-        return self.correct / self.scored.clamp_min(1)
+        return correct, (targets != IGNORE).sum()
 
 
-class ExactRecall(Metric):
+class ExactRecall(_RecallRatio):
     """Share of sequences with at least one scored position whose every scored position is right."""
 
-    full_state_update = False
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("exact", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sequences", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:  # (B, L, V), (B, L)
+    def counts(self, logits, targets):
         _, exact, sequences = recall_counts(logits, targets)
-        self.exact += exact.double()
-        self.sequences += sequences.double()
-
-    def compute(self) -> torch.Tensor:
-        return self.exact / self.sequences.clamp_min(1)
+        return exact, sequences

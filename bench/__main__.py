@@ -85,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {list(BENCHMARKS)}), or gpu; "
                         "then key=value options of the one benchmark named")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality about 7 minutes, memory about 10)")
+    size.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a minute or two per benchmark on 2 CPU cores; quality and memory several minutes each)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes that only check the benchmarks run (used by the tests)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench/results"), help="directory for <name>.md and plots (default: $OUT if set, else bench/results)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")

@@ -226,9 +226,18 @@ def _plot(results: dict[Run, dict], path: Path, headline: Optional[dict[str, lis
     return save_plot(path, [Panel("", "training step", "held-out validation loss (nats/token)", lines)])
 
 
-def run(mode: str, device, out: Path, studies=STUDIES, jobs: int = 1, threads: int = 1, **protocol) -> Report:
-    """``studies`` (of ``STUDIES``) over ``Protocol(**protocol)`` (a single value stands for a list of
-    one), trained by ``jobs`` subprocesses of ``threads`` torch threads each."""
+# Quick mode without options: one cell, two seeds, no state sweep or ablation (12 runs of about
+# 30 s on 2 cores), so `python -m bench --quick` stays a check of minutes; options widen it.
+QUICK_PROTOCOL = dict(lrs=(3e-3,), wds=(0.1,), states=(), seeds=(0, 1))
+
+
+def run(mode: str, device, out: Path, studies=None, jobs: int = 1, threads: int = 1, **protocol) -> Report:
+    """``studies`` (of ``STUDIES``; default all, in quick mode without options grid and seeds) over
+    ``Protocol(**protocol)`` (a single value stands for a list of one), trained by ``jobs``
+    subprocesses of ``threads`` torch threads each."""
+    if mode == "quick" and studies is None and not protocol:
+        studies, protocol = ("grid", "seeds"), QUICK_PROTOCOL
+    studies = STUDIES if studies is None else studies
     protocol = Protocol(**{k: as_tuple(v) for k, v in protocol.items()})
     runner = Runner(out, WIKITEXT_SIZES[mode], jobs, threads)
     return run_studies(runner, as_tuple(studies), protocol)[0]

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from helpers import CONF, compose_cfg
+from helpers import CONF, assert_one_line_error, cli, compose_cfg, fake_checkpoint
 from hyena_rtf.data.protocol import ModelLimits, TaskData
 from hyena_rtf.errors import UserError
 from hyena_rtf.evaluation.recall import ExactRecall, RecallAccuracy
@@ -87,3 +87,30 @@ def test_the_optimizer_is_built_from_its_target(tmp_path):
     assert type(optimizer) is torch.optim.SGD
     assert {g["momentum"] for g in optimizer.param_groups} == {0.5}
     assert max(g["initial_lr"] for g in optimizer.param_groups) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["optim.optimizer._target_=torch.optim.AdamWW"], "is not an importable optimizer class"),
+    (["optim.optimizer._target_=torch.optim.SGD"], r"unknown option optim\.optimizer\.betas"),  # AdamW's option left behind
+    (["+optim.optimizer.bettas=[0.9,0.99]"], r"did you mean optim\.optimizer\.betas"),
+    (["+optim.optimizer.lr=0.1"], r"set optim\.lr instead"),
+])
+def test_bad_optimizer_options_fail_before_anything_is_built(overrides, needle, tmp_path):
+    with pytest.raises(UserError, match=needle):
+        check_config(compose_cfg("train", overrides, tmp_path, return_hydra=False))
+
+
+def test_the_data_is_checked_against_the_model_before_starting_weights_are_read(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")  # reading it would fail with "damaged"
+    proc = cli("train.py", "data.seq_len=9999", f"init_from={junk}", cwd=tmp_path)
+    assert_one_line_error(proc, "data.seq_len=9999 exceeds the model's context")
+
+
+def test_distill_scores_only_text_and_finds_the_teacher_first(tmp_path):
+    proc = cli("distill.py", f"ckpt_path={tmp_path / 'missing.ckpt'}", "data=wikitext103", cwd=tmp_path)
+    assert_one_line_error(proc, "checkpoint not found")  # not a hub error: the corpus is not touched
+    teacher = tmp_path / "teacher.ckpt"
+    fake_checkpoint(teacher)
+    proc = cli("distill.py", f"ckpt_path={teacher}", "data=copying", cwd=tmp_path)
+    assert_one_line_error(proc, "is not a text corpus")

@@ -90,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.time()
     quiet_lightning()
     check_config(cfg)
+    datamodule, run_test = build_data(cfg)  # cheap: checks splits, context and vocabulary, reads nothing
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -101,7 +102,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise UserError("pass either ckpt_path (resume a run) or init_from (start a new run from weights), not both")
         check_init_from(init_from, OmegaConf.to_container(cfg.model, resolve=True))
 
-    datamodule, run_test = build_data(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     tokenizer = datamodule.tokenizer

@@ -29,7 +29,7 @@ def _unknown_keys(group: str, given, known: set[str]) -> None:
         key = unknown[0]
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" (did you mean {group}.{close[0]}?)" if close else ""
-        raise UserError(f"unknown option {group}.{key}{hint}: it would be silently ignored; see conf/{group}/ for the valid keys")
+        raise UserError(f"unknown option {group}.{key}{hint}: it would be silently ignored; see conf/{group.split('.')[0]}/ for the valid keys")
 
 
 def _target_keys(target: str) -> set[str]:
@@ -53,7 +53,29 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.data.get("_target_"):
         _unknown_keys("data", cfg.data, _target_keys(cfg.data._target_))
     _unknown_keys("optim", cfg.optim, _constructor_keys(HyenaLMModule.__init__) - {"model", "compile", "nonfinite"})
+    if cfg.optim.get("optimizer") is not None:
+        _check_optimizer(cfg.optim.optimizer)
     _unknown_keys("trainer", cfg.trainer, _constructor_keys(L.Trainer.__init__))
+
+
+# Set per parameter group by the training module (optim.lr, optim.weight_decay and the filter
+# options); inside optim.optimizer they would be overridden or collide.
+_GROUP_KEYS = {"params": "", "lr": "optim.lr", "weight_decay": "optim.weight_decay"}
+
+
+def _check_optimizer(spec: DictConfig) -> None:
+    """``optim.optimizer``: an importable optimizer class and only its own constructor options."""
+    target = spec.get("_target_")
+    try:
+        get_class(target)
+    except Exception as e:  # noqa: BLE001 - hydra raises several types for a bad path
+        raise UserError(f"optim.optimizer._target_={target!r} is not an importable optimizer class ({type(e).__name__}); "
+                        "e.g. torch.optim.AdamW") from None
+    for key, home in _GROUP_KEYS.items():
+        if key in spec:
+            where = f"; set {home} instead" if home else ""
+            raise UserError(f"optim.optimizer.{key} is set by the training module per parameter group{where}")
+    _unknown_keys("optim.optimizer", spec, _target_keys(target) - set(_GROUP_KEYS))
 
 
 # Data options that decide the tokens and hence the model's vocabulary and context; the others

@@ -6,13 +6,18 @@ import os
 import sys
 from typing import Any, Callable
 
-__all__ = ["UserError", "run_cli", "EXIT_USER_ERROR"]
+__all__ = ["UserError", "OutputExists", "run_cli", "EXIT_USER_ERROR"]
 
 EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
     """A problem with the user's input (paths, data, config values) that the message says how to fix."""
+
+
+class OutputExists(UserError, FileExistsError):
+    """An output path holds something that writing would replace: a user error (one line at the
+    command line) and, for library callers, a ``FileExistsError``."""
 
 
 # Errors that come from bad input to our own code paths; anything else is a bug and keeps its traceback.

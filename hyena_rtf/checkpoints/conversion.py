@@ -245,16 +245,6 @@ def _tokenizer(choice: str, name: Optional[str], characters: Iterable[str], voca
     return character_tokenizer(chars), "characters " + "".join(chars)
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"out_dir {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"out_dir {out} is not empty; pass overwrite=true to replace it")
-        if not (out / "config.json").is_file():
-            raise UserError(f"out_dir {out} is not empty and holds no config.json; refusing to delete it")
-
-
 def convert_checkpoint(
     src: str | Path,
     out_dir: str | Path,
@@ -271,10 +261,10 @@ def convert_checkpoint(
     ``characters``: the character tokenizer's characters, in id order after the 7 special tokens.
     ``shift``: override the implicit window's shift (None: the source code's default).
     """
-    from .hf_export import export_hf
+    from .hf_export import check_out_dir, export_hf
 
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite)  # before the source is read
     source = find_source(src, config)
     lm, tok_name = read_source_config(source)
     if tokenizer not in TOKENIZER_CHOICES:

@@ -19,9 +19,25 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
+from ..errors import OutputExists
 from ..modeling.modeling_hyena_rtf import HyenaRTFForCausalLM, register_auto_classes
 
-__all__ = ["export_hf"]
+__all__ = ["check_out_dir", "export_hf"]
+
+
+def check_out_dir(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds an earlier export to replace; raise if writing there would lose
+    anything: a file in the way, a non-empty directory without ``overwrite``, or one that is not
+    an export (no ``config.json``), so a mistyped path cannot wipe unrelated files."""
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"out_dir {out} exists and is not a directory")
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not overwrite:
+        raise OutputExists(f"out_dir {out} is not empty; pass overwrite=True (overwrite=true on the command line) to replace it")
+    if not (out / "config.json").is_file():
+        raise OutputExists(f"out_dir {out} is not empty and holds no config.json; refusing to delete it")
+    return True
 
 
 def export_hf(
@@ -40,13 +56,7 @@ def export_hf(
     if not isinstance(model, HyenaRTFForCausalLM):
         raise ValueError(f"model must be a HyenaRTFForCausalLM, got {type(model).__name__}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"out_dir {out} is not empty; pass overwrite=True to replace it")
-        if not (out / "config.json").is_file():
-            raise FileExistsError(f"out_dir {out} is not empty and holds no config.json; refusing to delete it")
+    if check_out_dir(out, overwrite):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -107,8 +107,7 @@ def train_in_process(cfg) -> dict:
     start = time.perf_counter()
     metrics = train(cfg)
     train_s = time.perf_counter() - start
-    params = sum(p.numel() for p in build_model(cfg).parameters())
-    return {**metrics, "params": params, "train_s": train_s, "load": load}
+    return {**metrics, "params": metrics.pop("n_params"), "train_s": train_s, "load": load}
 
 
 def find_shared() -> Path:

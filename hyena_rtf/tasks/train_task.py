@@ -86,7 +86,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and test) a model; returns the final metrics (also what a sweeper optimises)."""
+    """Fit (and test) a model; returns the final metrics (also what a sweeper optimises) and the
+    parameter count (``n_params``)."""
     t_start = time.time()
     quiet_lightning()
     check_config(cfg)
@@ -118,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "n_params": n_params})
 
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"n_params": n_params}
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
